@@ -1,0 +1,31 @@
+"""One error base class; the CLI turns any EdgecnnError into `Error: ...` and exit 1.
+
+Library code raises these for anything the user can fix (bad input, missing
+tools, a model past its accuracy gate). Bugs stay ordinary exceptions.
+"""
+
+
+class EdgecnnError(Exception):
+    """Base class: a problem the user can act on, explained in one line."""
+
+    exit_code = 1
+
+
+class TargetError(EdgecnnError):
+    """Unknown target, or a target file that breaks the schema."""
+
+
+class ModelError(EdgecnnError):
+    """Unknown zoo model, unreadable or unsupported model file, bad builder option."""
+
+
+class DataError(EdgecnnError):
+    """Missing, empty or malformed data set, calibration set or image."""
+
+
+class ToolError(EdgecnnError):
+    """A required external tool (compiler, qemu, ssh) is missing or failed."""
+
+
+class AccuracyError(EdgecnnError):
+    """A transformed model lost more accuracy than the user allowed."""

@@ -1,0 +1,214 @@
+"""Targets: one TOML file per board under targets/, schema and validation here.
+
+A target file is flat data (no logic): what the compile, emulate and bench
+stages need to know about a board. A user adds a board by adding a file, or by
+passing a path to one wherever a target name is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import tomllib
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from edgecnn.errors import TargetError
+
+
+class Runtime(str, Enum):
+    """Backends a target can run; the order in a target file is its preference."""
+
+    TFLITE = "tflite"
+    ONNX = "onnx"
+    TVM = "tvm"
+
+
+class Arch(str, Enum):
+    AARCH64 = "aarch64"
+    X86_64 = "x86_64"
+    NATIVE = "native"  # host.toml: resolved to this machine's architecture at load time
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    arch: str  # CUDA compute capability as TVM/nvcc spell it, e.g. "sm_53"
+    memory_mb: int = 0
+
+
+@dataclass(frozen=True)
+class Target:
+    """One board. Field docs are the schema users read (`edgecnn targets show`)."""
+
+    name: str
+    description: str
+    arch: str  # "aarch64" | "x86_64"
+    triple: str  # GNU triple, e.g. "aarch64-linux-gnu"
+    cpu: str  # LLVM/GCC CPU name, e.g. "cortex-a72"
+    isa: str  # e.g. "armv8-a", "armv8.2-a"
+    cores: int
+    clock_mhz: int  # 0 when unknown (host)
+    tvm: dict[str, Any]  # TVM target in dict form (0.27 rejects strings)
+    runtimes: list[str]
+    aliases: list[str] = field(default_factory=list)
+    board: str = ""
+    features: list[str] = field(default_factory=list)  # e.g. ["neon", "dotprod", "fp16"]
+    memory_mb: int = 0
+    cross_compiler: str = ""  # C++ cross compiler; "" when the host builds natively
+    qemu_cpu: str = ""  # qemu-aarch64 -cpu model; "" when not emulated
+    cpu_part: str = ""  # MIDR part number for the emulated /proc/cpuinfo, e.g. "0xd08"
+    gpu: Gpu | None = None
+    source: str = ""  # the file this target came from
+
+    @property
+    def is_host(self) -> bool:
+        return self.name == "host"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Schema: key -> (python type, required). Lists are lists of str.
+_SCHEMA: dict[str, tuple[type, bool]] = {
+    "name": (str, True),
+    "description": (str, True),
+    "arch": (str, True),
+    "triple": (str, True),
+    "cpu": (str, True),
+    "isa": (str, True),
+    "cores": (int, True),
+    "clock_mhz": (int, True),
+    "tvm": (dict, True),
+    "runtimes": (list, True),
+    "aliases": (list, False),
+    "board": (str, False),
+    "features": (list, False),
+    "memory_mb": (int, False),
+    "cross_compiler": (str, False),
+    "qemu_cpu": (str, False),
+    "cpu_part": (str, False),
+    "gpu": (dict, False),
+}
+_GPU_SCHEMA: dict[str, tuple[type, bool]] = {"name": (str, True), "arch": (str, True), "memory_mb": (int, False)}
+_TYPE_WORDS = {str: "a string", int: "an integer", list: "a list of strings", dict: "a table"}
+
+
+def builtin_targets_dir() -> Path:
+    """targets/ of the source tree, or the copy shipped inside the wheel."""
+    env = os.environ.get("EDGECNN_TARGETS_DIR")
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parent.parent / "targets"
+    if repo.is_dir():
+        return repo
+    return Path(__file__).resolve().parent / "_targets"
+
+
+def _check_table(data: dict, schema: dict[str, tuple[type, bool]], where: str) -> None:
+    for key in data:
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise TargetError(f"{where}: unknown key '{key}' (known keys: {known})")
+    for key, (typ, required) in schema.items():
+        if key not in data:
+            if required:
+                raise TargetError(f"{where}: missing required key '{key}'")
+            continue
+        value = data[key]
+        # bool is an int subclass in Python; a target never means True by 4 cores.
+        ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+        if ok and typ is list:
+            ok = all(isinstance(v, str) for v in value)
+        if not ok:
+            raise TargetError(
+                f"{where}: key '{key}' must be {_TYPE_WORDS[typ]}, got {type(value).__name__} {value!r}"
+            )
+
+
+def _resolve_native(data: dict) -> dict:
+    """host.toml says `native`; fill in what this machine is."""
+    data = dict(data)
+    machine = platform.machine().lower()
+    arch = {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+    data["arch"] = arch
+    if data.get("triple") == "native":
+        data["triple"] = f"{arch}-linux-gnu"
+    if data.get("cores") == 0:
+        data["cores"] = os.cpu_count() or 1
+    tvm = dict(data["tvm"])
+    tvm.setdefault("num-cores", data["cores"])
+    data["tvm"] = tvm
+    return data
+
+
+def parse_target(data: dict, source: str) -> Target:
+    """Validate one target table (as read from TOML) and build a Target."""
+    _check_table(data, _SCHEMA, source)
+    if data["arch"] not in {a.value for a in Arch}:
+        choices = ", ".join(a.value for a in Arch)
+        raise TargetError(f"{source}: key 'arch' must be one of {choices}, got {data['arch']!r}")
+    for rt in data["runtimes"]:
+        if rt not in {r.value for r in Runtime}:
+            choices = ", ".join(r.value for r in Runtime)
+            raise TargetError(f"{source}: unknown runtime {rt!r} in 'runtimes' (known: {choices})")
+    if not data["runtimes"]:
+        raise TargetError(f"{source}: 'runtimes' must name at least one runtime")
+    if "kind" not in data["tvm"]:
+        raise TargetError(f"{source}: table 'tvm' needs a 'kind' (e.g. kind = \"llvm\")")
+    if data["cores"] < 0 or data["clock_mhz"] < 0:
+        raise TargetError(f"{source}: 'cores' and 'clock_mhz' must not be negative")
+    if data["arch"] == Arch.NATIVE.value:
+        data = _resolve_native(data)
+    elif data["cores"] == 0:
+        raise TargetError(f"{source}: 'cores' must be at least 1")
+    gpu = None
+    if "gpu" in data:
+        _check_table(data["gpu"], _GPU_SCHEMA, f"{source} [gpu]")
+        gpu = Gpu(**data["gpu"])
+    fields = {k: v for k, v in data.items() if k != "gpu"}
+    return Target(**fields, gpu=gpu, source=source)
+
+
+def load_target_file(path: str | Path) -> Target:
+    """Load and validate one target TOML file."""
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise TargetError(f"target file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise TargetError(f"{path}: not valid TOML: {e}") from None
+    except OSError as e:
+        raise TargetError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_target(data, str(path))
+
+
+def list_targets(directory: Path | None = None) -> list[Target]:
+    """All targets in a directory (default: the built-in targets/), sorted by name."""
+    directory = directory or builtin_targets_dir()
+    targets = [load_target_file(p) for p in sorted(directory.glob("*.toml"))]
+    seen: dict[str, str] = {}
+    for t in targets:
+        for key in [t.name, *t.aliases]:
+            if key in seen and seen[key] != t.source:
+                raise TargetError(f"{t.source}: name or alias '{key}' is also used by {seen[key]}")
+            seen[key] = t.source
+    return targets
+
+
+def get_target(name_or_path: str) -> Target:
+    """Look a target up by name, alias (case-insensitive) or path to a .toml file."""
+    if name_or_path.endswith(".toml") or os.sep in name_or_path:
+        return load_target_file(name_or_path)
+    wanted = name_or_path.lower()
+    targets = list_targets()
+    for t in targets:
+        if wanted == t.name.lower() or wanted in (a.lower() for a in t.aliases):
+            return t
+    names = ", ".join(t.name for t in targets)
+    raise TargetError(f"unknown target '{name_or_path}' (known: {names}; or give a path to a .toml file)")
