@@ -1,0 +1,1 @@
+"""Training and fine-tuning (Keras): the demo models, and recovery after pruning."""

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up this machine for edgecnn (Debian/Ubuntu): system packages, then the Python package.
+# Idempotent: installs only what is missing; safe to run before every command.
+#   bash tools/setup.sh          # everything edgecnn and its tests need
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# System packages, one per line in tools/apt-packages.txt (comments allowed).
+mapfile -t wanted < <(sed -e 's/#.*//' -e '/^\s*$/d' tools/apt-packages.txt)
+missing=()
+for pkg in "${wanted[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "edgecnn setup: apt-get install ${missing[*]}"
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The Python package with its test extras (editable, so the checkout is what runs).
+python3 -m pip install -q --disable-pip-version-check --progress-bar off -e '.[dev]'
