@@ -93,7 +93,10 @@ def yolo_lite_mobilenet(size: int = 224, classes: int = 5, anchors: int = 5, alp
                                                   weights=weights)
     except ValueError as e:
         raise ModelError(f"yolo_lite_mobilenet: {str(e).strip().splitlines()[0]}") from e
-    x = layers.Conv2D(head_filters, 3, padding="same", name="head_conv")(backbone.output)
+    # The last stride-32 block, not include_top=False's 1x1 expansion to 1280 channels: a 3x3 head
+    # on 1280 channels would cost more MACs than the whole backbone.
+    features = backbone.get_layer("block_16_project_BN").output
+    x = layers.Conv2D(head_filters, 3, padding="same", name="head_conv")(features)
     x = layers.LeakyReLU(negative_slope=leaky, name="head_leaky")(x)
     outputs = layers.Conv2D(anchors * (5 + classes), 1, padding="same", name="head")(x)
     return keras.Model(inputs, outputs, name=f"yolo_lite_mobilenet_{alpha:g}_{size}")
