@@ -121,13 +121,14 @@ def zoo_cmd(ctx: click.Context, fmt: str) -> None:
         return
     from rich.table import Table
 
-    table = Table(title="Model zoo (defaults; override with NAME:key=value,...)")
-    for col in ("name", "task", "input", "params", "MACs", "demo weights", "description"):
-        table.add_column(col)
+    table = Table(title="Model zoo", caption="Options: NAME:key=value,...  Details: edgecnn zoo show NAME")
+    table.add_column("name", no_wrap=True)
+    for col in ("task", "input", "params", "MACs", "demo"):
+        table.add_column(col, no_wrap=True, justify="right" if col in ("params", "MACs") else "left")
     for info in infos:
-        table.add_row(info["name"], info["task"], "x".join(str(d) for d in info["input_shape"]),
+        table.add_row(info["name"], info["task"], "x".join(str(d) for d in info["input_shape"][:2]),
                       _fmt_count(info["params"]), _fmt_count(info["macs"]),
-                      "yes" if info["demo_weights"] else "-", info["description"])
+                      "yes" if info["demo_weights"] else "-")
     _console().print(table)
 
 
@@ -161,6 +162,8 @@ def zoo_show(model: str, fmt: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one `Error: ...` line for anything the user can fix."""
+    # TensorFlow's C++ start-up chatter (CPU feature notes, absl warnings) is noise on a CLI.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
         cli.main(args=argv, prog_name="edgecnn", standalone_mode=False)
     except EdgecnnError as e:
