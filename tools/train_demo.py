@@ -28,12 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgecnn import zoo  # noqa: E402
-from edgecnn.bench.accuracy import evaluate_classifier, evaluate_detector  # noqa: E402
+from edgecnn.bench import accuracy  # noqa: E402
 from edgecnn.data import demo  # noqa: E402
 from edgecnn.data.dataset import Task  # noqa: E402
-from edgecnn.data.preprocess import Preprocessing  # noqa: E402
 from edgecnn.paths import atomic_write_bytes, cache_dir  # noqa: E402
-from edgecnn.runner.postprocess import postprocess_yolo  # noqa: E402
 
 WEIGHTS_DIR = REPO / "edgecnn" / "zoo" / "weights"
 DEMO_MODELS = ["yolo_lite", "mobilenet_v2", "mobilenet_v1"]
@@ -57,15 +55,7 @@ def detector_head(spec, train_ds) -> dict:
 
 def evaluate(model, spec, metadata: dict, split: str = "val") -> dict:
     """Accuracy of a Keras model on a demo split, through the same pre/post-processing as deployment."""
-    ds = demo.demo_dataset(spec.task, split)
-    prep = Preprocessing.from_dict(metadata["preprocessing"])
-    predict = lambda batch: model.predict_on_batch(batch)  # noqa: E731
-    if spec.task == Task.CLASSIFICATION:
-        return evaluate_classifier(predict, ds, prep)
-    head = metadata["head"]
-    size = tuple(metadata["preprocessing"]["size"])
-    post = lambda raw: postprocess_yolo(raw, head["anchors"], len(metadata["classes"]), size)  # noqa: E731
-    return evaluate_detector(predict, ds, prep, post)
+    return accuracy.evaluate(model.predict_on_batch, metadata, demo.demo_dataset(spec.task, split))
 
 
 def train_one(name: str, epochs: int, verbose: int) -> dict:

@@ -75,3 +75,23 @@ def evaluate_detector(predict: Callable[[np.ndarray], np.ndarray], dataset: Dete
             boxes = transform.boxes_to_original(det.boxes) if len(det) else det.boxes
             all_dets.append(Detections(np.asarray(boxes, np.float32), det.scores, det.labels))
     return coco_map(dataset, all_dets)
+
+
+def evaluate(predict: Callable[[np.ndarray], np.ndarray], metadata: dict,
+             dataset: ClassificationDataset | DetectionDataset, batch_size: int = 32) -> dict[str, float]:
+    """Accuracy of any runnable model on a data set, given its data contract.
+
+    `metadata` carries what deployment carries too: "preprocessing" (a
+    Preprocessing dict), "classes", and for detectors "head" (anchors, grid).
+    """
+    from edgecnn.data.preprocess import Preprocessing
+
+    prep = Preprocessing.from_dict(metadata["preprocessing"])
+    if isinstance(dataset, ClassificationDataset):
+        return evaluate_classifier(predict, dataset, prep, batch_size)
+    from edgecnn.runner.postprocess import postprocess_yolo
+
+    anchors, num_classes = metadata["head"]["anchors"], len(metadata["classes"])
+    size = tuple(metadata["preprocessing"]["size"])
+    return evaluate_detector(predict, dataset, prep, lambda raw: postprocess_yolo(raw, anchors, num_classes, size),
+                             batch_size)
