@@ -21,3 +21,5 @@ fi
 
 # The Python package with its test extras (editable, so the checkout is what runs).
 python3 -m pip install -q --disable-pip-version-check --progress-bar off -e '.[dev]'
+# pyenv installs console scripts behind shims that exist only after a rehash.
+if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi

@@ -108,3 +108,22 @@ def _check(family: str, size: int, classes: int, anchors: int) -> None:
     if classes < 1 or anchors < 1:
         raise ModelError(f"{family}: classes and anchors must be at least 1, got classes={classes}, "
                          f"anchors={anchors}")
+
+
+def fold_batch_norm(trained_bn, plain) -> None:
+    """Copy a yolo_lite(batch_norm=True) model into the paper's batch-norm-free network, in place.
+
+    Each batch norm becomes a per-channel scale on its convolution's kernel plus
+    a bias, so `plain` computes exactly what `trained_bn` does in inference mode:
+    train with batch norm (it converges far faster), deploy without it (the paper's
+    FPS gain). Both models must come from yolo_lite() with the same options.
+    """
+    import numpy as np
+
+    for i in range(1, len(TRIAL3_FILTERS) + 1):
+        (kernel,) = trained_bn.get_layer(f"conv{i}").get_weights()
+        bn = trained_bn.get_layer(f"bn{i}")
+        gamma, beta, mean, var = bn.get_weights()
+        scale = gamma / np.sqrt(var + bn.epsilon)
+        plain.get_layer(f"conv{i}").set_weights([kernel * scale, beta - mean * scale])
+    plain.get_layer("head").set_weights(trained_bn.get_layer("head").get_weights())

@@ -1,0 +1,113 @@
+"""Calibration data through one narrow protocol: an iterable of {input_name: ndarray} batches.
+
+Backends adapt it to their own calibrator: TFLite's representative data set
+(a generator of input lists) and onnxruntime's CalibrationDataReader (get_next).
+Images are decoded and preprocessed once, with the model's own preprocessing,
+so every calibration pass and every backend sees the same numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from edgecnn.data.calibration import RECOMMENDED_MINIMUM, CalibrationSet
+from edgecnn.data.preprocess import Preprocessing
+from edgecnn.errors import DataError, ModelError
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Preprocessed calibration images (N, H, W, 3) float32, fed one image per batch."""
+
+    name: str
+    input_name: str
+    images: np.ndarray
+    paths: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for i in range(len(self.images)):
+            yield {self.input_name: self.images[i:i + 1]}
+
+    @property
+    def too_small(self) -> bool:
+        return len(self.images) < RECOMMENDED_MINIMUM
+
+    def renamed(self, input_name: str) -> "CalibrationData":
+        """The same images keyed by another input name (each backend names its input its own way)."""
+        return CalibrationData(self.name, input_name, self.images, self.paths)
+
+    def representative_dataset(self):
+        """TFLite's form: a factory of generators yielding [input array] per sample."""
+        def gen():
+            for batch in self:
+                yield [batch[self.input_name]]
+        return gen
+
+    def ort_reader(self):
+        """onnxruntime's form: a CalibrationDataReader over the same batches (new one per pass)."""
+        from onnxruntime.quantization import CalibrationDataReader
+
+        data = self
+
+        class _Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._it = iter(data)
+
+            def get_next(self):
+                return next(self._it, None)
+
+            def rewind(self) -> None:
+                self._it = iter(data)
+
+        return _Reader()
+
+
+def check_input(model_name: str, shape: Sequence[int | None], preprocessing: Preprocessing) -> None:
+    """ModelError when RGB images at the preprocessing size cannot feed an (N, H, W, C) input."""
+    shape = tuple(shape)
+    h, w = preprocessing.size
+    if len(shape) != 4:
+        raise ModelError(f"{model_name}: input shape {_fmt(shape)} is not an image batch (N, H, W, 3); "
+                         "edgecnn quantizes single-input NHWC image models")
+    if shape[3] not in (None, 3):
+        raise ModelError(f"{model_name}: input {_fmt(shape)} wants {shape[3]} channels, but calibration images "
+                         "are RGB (3 channels)")
+    if (shape[1] not in (None, h)) or (shape[2] not in (None, w)):
+        raise ModelError(f"{model_name}: input {_fmt(shape)} does not match the preprocessing size {h}x{w}; "
+                         "fix the model's preprocessing (size) to its input")
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+def build_calibration(calib: CalibrationSet, preprocessing: Preprocessing, input_name: str = "input",
+                      limit: int | None = None) -> CalibrationData:
+    """Decode and preprocess the images of a calibration set; DataError naming the first bad image."""
+    paths = list(calib.images if limit is None else calib.images[:limit])
+    if not paths:
+        raise DataError(f"calibration set '{calib.name}' has no images")
+    h, w = preprocessing.size
+    images = np.empty((len(paths), h, w, 3), np.float32)
+    for i, path in enumerate(paths):
+        try:
+            images[i] = preprocessing(path)[0][0]
+        except DataError as e:
+            raise DataError(f"calibration set '{calib.name}': {e}") from None
+    return CalibrationData(calib.name, input_name, images, tuple(paths))
+
+
+def check_disjoint(calib: CalibrationData, val_paths: Sequence[Path]) -> None:
+    """DataError when validation would reuse calibration images (then it proves nothing)."""
+    seen = {p.resolve() for p in calib.paths}
+    shared = [p for p in val_paths if Path(p).resolve() in seen]
+    if shared:
+        raise DataError(f"the validation set shares {len(shared)} image(s) with calibration set '{calib.name}' "
+                        f"(e.g. {shared[0]}); validate on held-out images")
