@@ -15,4 +15,13 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 from edgecnn.errors import EdgecnnError  # noqa: E402
 
-__all__ = ["EdgecnnError", "__version__"]
+__all__ = ["EdgecnnError", "__version__", "quantize"]
+
+
+def __getattr__(name: str):
+    # PEP 562: `edgecnn.quantize(...)` without importing the quantization stack on `import edgecnn`.
+    if name == "quantize":
+        from edgecnn.quantize import quantize
+
+        return quantize
+    raise AttributeError(f"module 'edgecnn' has no attribute {name!r}")

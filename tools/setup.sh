@@ -23,3 +23,6 @@ fi
 python3 -m pip install -q --disable-pip-version-check --progress-bar off -e '.[dev]'
 # pyenv installs console scripts behind shims that exist only after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
+
+# Emulated ARM: arm64 sysroot, aarch64 wheels, qemu counting plugin (cached; seconds when present).
+python3 -m edgecnn emulator setup > /dev/null

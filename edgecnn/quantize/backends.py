@@ -1,0 +1,144 @@
+"""The quantization backends behind one small interface, and the registry name -> backend.
+
+A backend session owns a work folder and turns one SourceModel plus
+calibration data into: the fp32 artifact, int8 artifacts (optionally with some
+layers kept in float), a predictor for either, and per-layer sensitivity.
+A new backend is one module plus one line in BACKENDS.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgecnn.errors import EdgecnnError, ModelError
+from edgecnn.quantize.calibration import CalibrationData
+
+
+class Backend(str, Enum):
+    TFLITE = "tflite"
+    ONNX = "onnx"
+
+
+class Method(str, Enum):
+    MINMAX = "minmax"
+    ENTROPY = "entropy"
+    PERCENTILE = "percentile"
+
+
+class IOType(str, Enum):
+    INT8 = "int8"
+    FLOAT = "float"
+
+
+class TFLiteSession:
+    """Full-integer TFLite: calibrate once, requantize cheaply for each fallback attempt."""
+
+    suffix = ".tflite"
+    methods = (Method.MINMAX,)
+    io_types = (IOType.INT8, IOType.FLOAT)
+    default_io = IOType.INT8
+
+    def __init__(self, source, calib: CalibrationData, work: Path, per_channel: bool, method: str, io: str):
+        from edgecnn.quantize import tflite
+
+        if source.keras_model is None:
+            raise ModelError(f"the tflite backend quantizes Keras models; {source.ref} is ONNX: use --backend onnx")
+        self._t = tflite
+        self.source, self.calib = source, calib
+        self.per_channel, self.int8_io = per_channel, io == IOType.INT8.value
+        self._calibrated: bytes | None = None
+
+    def export_float(self) -> bytes:
+        return self._t.export_float(self.source.keras_model)
+
+    def quantize(self, float_layers: Sequence[str] = ()) -> bytes:
+        if self._calibrated is None:
+            self._calibrated = self._t.calibrate(self.source.keras_model, self.calib)
+        return self._t.quantize(self._calibrated, self.per_channel, self.int8_io, float_layers)
+
+    def predictor(self, model: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
+        return self._t.predictor(model)
+
+    def output_names(self, model: bytes) -> list[str]:
+        it = self._t._interpreter(model)  # noqa: SLF001 - same module family
+        names = [d["name"] for d in it.get_output_details()]
+        keras_names = list(getattr(self.source.keras_model, "output_names", None) or [])
+        # TFLite calls outputs 'StatefulPartitionedCall_1:0'; the Keras layer names are what users know.
+        return keras_names if len(keras_names) == len(names) else names
+
+    def sensitivity(self, int8_model: bytes, samples: int) -> dict[str, float]:
+        self.quantize()  # makes sure the calibrated model exists
+        return self._t.layer_sensitivity(self._calibrated, self.calib, self.per_channel, samples)
+
+    def short_name(self, layer: str) -> str:
+        return self._t.short_name(layer)
+
+
+class ONNXSession:
+    """QDQ ONNX through onnxruntime.quantization; calibration ranges cached in the work folder."""
+
+    suffix = ".onnx"
+    methods = tuple(Method)
+    io_types = (IOType.FLOAT,)
+    default_io = IOType.FLOAT
+
+    def __init__(self, source, calib: CalibrationData, work: Path, per_channel: bool, method: str, io: str):
+        from edgecnn.quantize import onnx as onnx_backend
+
+        self._o = onnx_backend
+        self.source, self.work = source, work
+        self.per_channel, self.method = per_channel, method
+        if source.onnx_path is not None:
+            self.float_path = source.onnx_path
+        else:
+            self.float_path = onnx_backend.export_float(source.keras_model, work)
+        self.calib = calib.renamed(onnx_backend.input_name(self.float_path))
+        self._pre: Path | None = None
+        self._last: Path | None = None
+
+    def export_float(self) -> bytes:
+        return self.float_path.read_bytes()
+
+    def quantize(self, float_layers: Sequence[str] = ()) -> bytes:
+        if self._pre is None:
+            self._pre = self._o.preprocess(self.float_path, self.work)
+        self._last = self._o.quantize(self._pre, self.calib, self.work, self.per_channel, self.method, float_layers)
+        return self._last.read_bytes()
+
+    def predictor(self, model: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
+        return self._o.predictor(model)
+
+    def output_names(self, model: bytes) -> list[str]:
+        return [o.name for o in self._o._session(model).get_outputs()]  # noqa: SLF001
+
+    def sensitivity(self, int8_model: bytes, samples: int) -> dict[str, float]:
+        qdq = self.work / "sensitivity-qdq.onnx"
+        qdq.write_bytes(int8_model)
+        return self._o.layer_sensitivity(self._pre, qdq, self.calib, self.work, samples)
+
+    def short_name(self, layer: str) -> str:
+        return self._o.short_name(layer)
+
+
+BACKENDS = {Backend.TFLITE.value: TFLiteSession, Backend.ONNX.value: ONNXSession}
+
+
+def check_options(backend: str, method: str, io: str | None) -> str:
+    """EdgecnnError for a combination the backend cannot do; returns the io type to use."""
+    if backend not in BACKENDS:
+        raise EdgecnnError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if method not in {m.value for m in Method}:
+        raise EdgecnnError(f"unknown calibration method {method!r}; known: {', '.join(m.value for m in Method)}")
+    cls = BACKENDS[backend]
+    if method not in {m.value for m in cls.methods}:
+        raise EdgecnnError(f"the {backend} backend calibrates with {', '.join(m.value for m in cls.methods)} only, "
+                           f"not {method}; use --backend onnx for entropy or percentile")
+    io = io or cls.default_io.value
+    if io not in {t.value for t in cls.io_types}:
+        raise EdgecnnError(f"the {backend} backend writes QDQ models with float inputs/outputs; use --io float "
+                           "(or --backend tflite for int8 inputs/outputs)")
+    return io

@@ -1,0 +1,148 @@
+"""ONNX backend: QDQ static quantization with onnxruntime.quantization.
+
+Keras models are exported with tf2onnx first (checked with TF 2.21 / Keras 3 /
+protobuf 7 here); .onnx files are taken as they are. onnxruntime's recipe is
+followed: quant_pre_process (shape inference and graph optimisation), then
+quantize_static in QDQ format, int8 weights (per channel by default) and int8
+activations, with MinMax, Entropy or Percentile calibration. The calibration
+ranges are cached in the work folder, so fallback search calibrates once.
+Per-layer sensitivity uses onnxruntime's qdq_loss_debug tools.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgecnn.errors import EdgecnnError, ModelError
+from edgecnn.quantize.calibration import CalibrationData
+
+SUFFIX = ".onnx"
+INPUT_NAME = "input"
+OPSET = 17
+
+
+def export_float(keras_model, work: Path) -> Path:
+    """Keras -> ONNX (NHWC input named 'input', batch dimension free); returns the file."""
+    import tensorflow as tf
+    import tf2onnx
+
+    shape = (None,) + tuple(keras_model.input_shape[1:])
+    spec = (tf.TensorSpec(shape, tf.float32, name=INPUT_NAME),)
+    try:
+        proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=OPSET)
+    except (ValueError, NotImplementedError) as e:
+        raise ModelError(f"tf2onnx cannot export the Keras model: {str(e).splitlines()[0] if str(e) else e}") from e
+    path = work / "float.onnx"
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def input_name(path: Path) -> str:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    weights = {i.name for i in model.graph.initializer}
+    return [v.name for v in model.graph.input if v.name not in weights][0]
+
+
+def preprocess(float_path: Path, work: Path) -> Path:
+    """onnxruntime's quant_pre_process: symbolic shape inference plus graph optimisation."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = work / "float-pre.onnx"
+    quant_pre_process(str(float_path), str(out))
+    return out
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+def quantize(pre_path: Path, calib: CalibrationData, work: Path, per_channel: bool = True,
+             method: str = "minmax", float_layers: Sequence[str] = ()) -> Path:
+    """QDQ int8 model; float_layers are node names left unquantized. Returns the written file."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    out = work / f"int8-{len(float_layers)}.onnx"
+    cache = work / f"calibration-{method}-{'pc' if per_channel else 'pt'}.json"
+    reader = None if cache.is_file() else calib.ort_reader()
+    quantize_static(str(pre_path), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    nodes_to_exclude=list(float_layers) or None, calibrate_method=_method(method),
+                    calibration_cache_path=str(cache),
+                    # Symmetric int8 weights are what ARM int8 kernels (and TFLite) expect.
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+    return out
+
+
+def _session(model: Path | bytes, threads: int = 1):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    source = str(model) if isinstance(model, Path) else model
+    try:
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    except (RuntimeError, ValueError) as e:  # onnxruntime's Fail/InvalidGraph derive from RuntimeError
+        raise ModelError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
+
+
+def predictor(model: Path | bytes, threads: int = 1) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """batch (N, H, W, 3) float32 -> list of float32 outputs."""
+    sess = _session(model, threads)
+    inp = sess.get_inputs()[0]
+    fixed_batch = isinstance(inp.shape[0], int)
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        batch = np.ascontiguousarray(batch, np.float32)
+        if not fixed_batch:
+            return [np.asarray(o, np.float32) for o in sess.run(None, {inp.name: batch})]
+        outs = [sess.run(None, {inp.name: batch[i:i + 1]}) for i in range(len(batch))]
+        return [np.concatenate([o[k] for o in outs]).astype(np.float32) for k in range(len(outs[0]))]
+
+    return run
+
+
+def layer_sensitivity(pre_path: Path, qdq_path: Path, calib: CalibrationData, work: Path,
+                      samples: int = 32) -> dict[str, float]:
+    """Per node: SNR (dB) of its output before vs after its own QuantizeLinear/DequantizeLinear pair.
+
+    That is the error quantizing this tensor alone adds. Keys are node names of
+    the pre-processed float model, which quantize(float_layers=...) accepts.
+    """
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as dbg
+
+    subset = CalibrationData(calib.name, calib.input_name, calib.images[:samples], calib.paths[:samples])
+    acts = []
+    for tag, path in (("qdq", qdq_path), ("float", pre_path)):
+        augmented = work / f"{tag}-augmented.onnx"
+        dbg.modify_model_output_intermediate_tensors(str(path), str(augmented))
+        acts.append(dbg.collect_activations(str(augmented), subset.ort_reader(),
+                                            execution_providers=["CPUExecutionProvider"]))
+    errors = dbg.compute_activation_error(dbg.create_activation_matching(*acts))
+    producers = {out: node.name for node in onnx.load(str(pre_path)).graph.node for out in node.output}
+    result = {}
+    for tensor, err in errors.items():
+        node = producers.get(tensor)
+        if node and np.isfinite(err["qdq_err"]):
+            result[node] = float(err["qdq_err"])
+    if not result:
+        raise EdgecnnError("onnxruntime's QDQ debugger found no quantized activation to measure")
+    return result
+
+
+def short_name(node_name: str) -> str:
+    """tf2onnx names nodes after the TF ops ('model_1/block_1_expand_1/convolution'): keep the layer."""
+    parts = node_name.split("/")
+    if len(parts) < 3:
+        return node_name
+    scoped = parts[0].endswith("_1") and parts[1].endswith("_1")
+    return parts[1][:-2] if scoped else parts[1]

@@ -1,0 +1,211 @@
+"""TFLite backend: full-integer post-training quantization with TensorFlow's own converter.
+
+The converter is split into its two real steps so that fallback search is cheap:
+calibrate once (TFLiteConverter with a representative data set and
+`_experimental_calibrate_only`, which records every tensor's range into the
+float model), then quantize that calibrated model as often as needed with
+`mlir_quantize`, each time with a different set of layers kept in float
+(denylisted nodes). This is what tf.lite.experimental.QuantizationDebugger
+does internally; per-layer sensitivity uses that debugger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgecnn.errors import EdgecnnError, ModelError
+from edgecnn.quantize.calibration import CalibrationData
+
+SUFFIX = ".tflite"
+_TRANSPORT_OPS = {"QUANTIZE", "DEQUANTIZE", "NumericVerify"}
+
+
+@contextlib.contextmanager
+def _quiet(stderr: bool = False):
+    """Keep stdout for results: Keras' export prints every captured variable, the C++ quantizer its settings.
+
+    The C++ side writes to file descriptor 1 directly, so redirect that, not only sys.stdout.
+    """
+    import sys
+
+    fds = (1, 2) if stderr else (1,)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in fds}
+    try:
+        with open(os.devnull, "wb") as null:
+            for fd in fds:
+                os.dup2(null.fileno(), fd)
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        sys.stdout.flush()
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)
+
+
+def _converter(keras_model):
+    import tensorflow as tf
+
+    return tf.lite.TFLiteConverter.from_keras_model(keras_model)
+
+
+def _convert(converter, what: str) -> bytes:
+    from tensorflow.lite.python.convert_phase import ConverterError
+
+    try:
+        with _quiet():
+            return converter.convert()
+    except (ConverterError, ValueError) as e:  # the converter's own diagnosis of an unsupported model
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"TFLite converter failed ({what}): {first}") from e
+
+
+def export_float(keras_model) -> bytes:
+    """The fp32 TFLite flatbuffer: the reference the int8 model is judged against."""
+    return _convert(_converter(keras_model), "float export")
+
+
+def calibrate(keras_model, calib: CalibrationData) -> bytes:
+    """Run the representative data set through the model; a float flatbuffer with recorded ranges."""
+    import tensorflow as tf
+
+    c = _converter(keras_model)
+    c.optimizations = [tf.lite.Optimize.DEFAULT]
+    c.representative_dataset = calib.representative_dataset()
+    c.experimental_new_quantizer = True
+    c._experimental_calibrate_only = True  # noqa: SLF001 - the documented debugger path
+    return _convert(c, "calibration")
+
+
+def quantize(calibrated: bytes, per_channel: bool = True, int8_io: bool = True,
+             float_layers: Sequence[str] = ()) -> bytes:
+    """int8 weights and activations from a calibrated model; float_layers (tensor names) stay float."""
+    import tensorflow as tf
+    from tensorflow.lite.python import convert
+
+    io_type = tf.int8 if int8_io else tf.float32
+    with _quiet(stderr=True):  # the C++ quantizer logs its settings on every call
+        model = convert.mlir_quantize(calibrated, disable_per_channel=not per_channel, input_data_type=io_type,
+                                      output_data_type=io_type, denylisted_nodes=list(float_layers) or None)
+    if not float_layers:
+        left = float_ops(model)
+        if left:
+            raise ModelError(f"{len(left)} op(s) cannot be quantized to int8 by TFLite ({', '.join(sorted(set(left)))}); "
+                             "use --fallback with --max-drop, or the onnx backend")
+    return model
+
+
+def _interpreter(model: bytes, threads: int = 1, delegates: bool = True):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    # Without the default (XNNPACK) delegate the op list shows the model's own ops, not one DELEGATE node.
+    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        with _quiet(stderr=True):  # 'INFO: Created TensorFlow Lite XNNPACK delegate' on every load
+            it = Interpreter(model_content=model, num_threads=threads, experimental_op_resolver_type=resolver)
+        it.allocate_tensors()
+        return it
+    except (ValueError, RuntimeError) as e:
+        raise ModelError(f"LiteRT cannot load the TFLite model: {e}") from None
+
+
+def float_ops(model: bytes) -> list[str]:
+    """Names of the ops that still compute in float (quantize/dequantize at the edges excluded)."""
+    it = _interpreter(model, delegates=False)
+    tensors = {d["index"]: d for d in it.get_tensor_details()}
+    out = []
+    for op in it._get_ops_details():  # noqa: SLF001 - LiteRT has no public op listing
+        if op["op_name"] in _TRANSPORT_OPS:
+            continue
+        if any(tensors[i]["dtype"] == np.float32 for i in op["outputs"] if i in tensors):
+            out.append(op["op_name"])
+    return out
+
+
+def predictor(model: bytes, threads: int = 1) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """batch (N, H, W, 3) float32 -> list of float32 outputs; int8 inputs/outputs are (de)quantized here."""
+    it = _interpreter(model, threads)
+    inp = it.get_input_details()[0]
+    outs = it.get_output_details()
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        results = [[] for _ in outs]
+        for x in batch:
+            x = x[None]
+            if inp["dtype"] != np.float32:
+                scale, zero = inp["quantization"]
+                info = np.iinfo(inp["dtype"])
+                x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
+            it.set_tensor(inp["index"], x)
+            it.invoke()
+            for k, d in enumerate(outs):
+                y = it.get_tensor(d["index"])
+                if d["dtype"] != np.float32:
+                    scale, zero = d["quantization"]
+                    y = (y.astype(np.float32) - zero) * scale
+                results[k].append(y)
+        return [np.concatenate(r) for r in results]
+
+    return run
+
+
+def _snr_db(float_tensor, quant_tensor, scale, zero_point) -> float:
+    ref = np.asarray(float_tensor, np.float64)
+    deq = (np.asarray(quant_tensor, np.float64) - zero_point) * scale
+    noise = float(np.sum((ref - deq) ** 2))
+    signal = float(np.sum(ref ** 2))
+    if noise == 0.0:
+        return 120.0
+    return 10.0 * np.log10(max(signal, 1e-30) / noise)
+
+
+def layer_sensitivity(calibrated: bytes, calib: CalibrationData, per_channel: bool = True,
+                      samples: int = 32) -> dict[str, float]:
+    """Per layer: SNR (dB) of its int8 output against the same op in float on the same input.
+
+    That is the error quantizing this layer alone adds (TFLite's NumericVerify ops
+    run the float op next to each quantized one). Keys are the tensor names that
+    `quantize(float_layers=...)` accepts.
+    """
+    import tensorflow as tf
+    from tensorflow.lite.python import convert
+
+    with _quiet(stderr=True):
+        debug_model = convert.mlir_quantize(calibrated, disable_per_channel=not per_channel,
+                                            enable_numeric_verify=True)
+    subset = calib.images[:samples]
+
+    def data():
+        for i in range(len(subset)):
+            yield [subset[i:i + 1]]
+
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        layer_debug_metrics={}, layer_direct_compare_metrics={"snr_db": _snr_db})
+    with _quiet(stderr=True):
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            quant_debug_model_content=debug_model, debug_dataset=data, debug_options=options)
+        debugger.run()
+    out = {}
+    for verify_name, stats in debugger.layer_statistics.items():
+        tensor_name, _ = debugger._get_operand_name_and_index(verify_name)  # noqa: SLF001
+        out[tensor_name] = float(stats["snr_db"])
+    if not out:
+        raise EdgecnnError("TFLite's quantization debugger found no quantized layer to measure")
+    return out
+
+
+def short_name(tensor_name: str) -> str:
+    """'model/block_1_expand_relu/Relu6;model/block_1_expand/conv' -> 'block_1_expand_relu'."""
+    parts = tensor_name.split(";")[0].split("/")
+    if len(parts) < 3:
+        return parts[-1]
+    # Keras 3's TF export scopes every layer as '<layer>_1' under '<model>_1'; undo only that pattern.
+    scoped = parts[0].endswith("_1") and parts[1].endswith("_1")
+    return parts[1][:-2] if scoped else parts[1]
