@@ -36,6 +36,8 @@ from edgecnn.paths import atomic_write_bytes, cache_dir  # noqa: E402
 WEIGHTS_DIR = REPO / "edgecnn" / "zoo" / "weights"
 DEMO_MODELS = ["yolo_lite", "mobilenet_v2", "mobilenet_v1"]
 EPOCHS = {"yolo_lite": 30, "mobilenet_v2": 25, "mobilenet_v1": 25}
+# Bump when the training recipe changes, so a resumed run never mixes two recipes.
+RECIPE = 2
 LEARNING_RATE = {"yolo_lite": 2e-3, "mobilenet_v2": 2e-3, "mobilenet_v1": 2e-3}
 
 
@@ -78,7 +80,7 @@ def train_one(name: str, epochs: int, verbose: int) -> dict:
     else:
         model = zoo.build(name)
     arrays = load_arrays(train_ds, size)
-    state = cache_dir("train", f"{name}-v{demo.VERSION}-e{epochs}{'-bn' if fold else ''}")
+    state = cache_dir("train", f"{name}-data{demo.VERSION}-recipe{RECIPE}-e{epochs}")
     t0 = time.time()
     history = fit(model, arrays, epochs=epochs, state_dir=state, preprocessing=preprocessing, head=head,
                   learning_rate=LEARNING_RATE[name], verbose=verbose)
@@ -90,7 +92,7 @@ def train_one(name: str, epochs: int, verbose: int) -> dict:
     metadata = {
         "model": name, "classes": list(train_ds.classes), "preprocessing": preprocessing, "head": head,
         "data": {"generator": "edgecnn.data.demo", "version": demo.VERSION, "train_images": len(train_ds)},
-        "training": {"epochs": epochs, "learning_rate": LEARNING_RATE[name], "batch_size": 32,
+        "training": {"recipe": RECIPE, "epochs": epochs, "learning_rate": LEARNING_RATE[name], "batch_size": 32,
                      "batch_norm_folded": fold,
                      "final_loss": float(history.history["loss"][-1]) if history.history.get("loss") else None,
                      "seconds_this_run": round(train_s, 1)},

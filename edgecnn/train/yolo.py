@@ -1,16 +1,20 @@
 """YOLOv2-style region targets, loss and anchors for the YOLO-Lite family.
 
 Anchors and boxes are measured in grid cells. Targets are laid out per cell and
-anchor as [tx, ty, tw, th, objectness, class, area]: tx/ty the centre offset
-inside the cell, tw/th the log ratio to the anchor, area the box's share of the
-image (small boxes weigh more in the coordinate loss, as in YOLOv2).
+anchor as [tx, ty, tw, th, objectness, class, area, ignore]: tx/ty the centre
+offset inside the cell, tw/th the log ratio to the anchor, area the box's share
+of the image (small boxes weigh more in the coordinate loss, as in YOLOv2), and
+ignore = 1 for anchors that are not responsible for an object but whose prior
+box overlaps one well (YOLOv2's ignore threshold, taken on the priors so it can
+be precomputed): they are not pushed towards "no object".
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-TARGET_CHANNELS = 7
+TARGET_CHANNELS = 8
+IGNORE_IOU = 0.5
 
 
 def kmeans_anchors(wh: np.ndarray, k: int, seed: int = 0, iterations: int = 100) -> np.ndarray:
@@ -37,7 +41,7 @@ def _wh_iou(wh: np.ndarray, anchors: np.ndarray) -> np.ndarray:
 
 def encode_targets(boxes: np.ndarray, labels: np.ndarray, anchors: np.ndarray, grid: tuple[int, int],
                    input_size: tuple[int, int]) -> np.ndarray:
-    """One image's boxes (xyxy, input pixels) -> target (S, S, A, 7)."""
+    """One image's boxes (xyxy, input pixels) -> target (S, S, A, 8)."""
     rows, cols = grid
     ih, iw = input_size
     target = np.zeros((rows, cols, len(anchors), TARGET_CHANNELS), np.float32)
@@ -53,12 +57,23 @@ def encode_targets(boxes: np.ndarray, labels: np.ndarray, anchors: np.ndarray, g
         i = min(int(cy[k]), rows - 1)
         a = best[k]
         target[i, j, a] = [cx[k] - j, cy[k] - i, np.log(w[k] / anchors[a, 0]), np.log(h[k] / anchors[a, 1]),
-                           1.0, labels[k], w[k] * h[k] / (rows * cols)]
+                           1.0, labels[k], w[k] * h[k] / (rows * cols), 0.0]
+    # IoU of every anchor prior (centred in its cell) with every box, all in grid units.
+    gy, gx = np.meshgrid(np.arange(rows) + 0.5, np.arange(cols) + 0.5, indexing="ij")
+    px1 = gx[..., None] - anchors[:, 0] / 2
+    py1 = gy[..., None] - anchors[:, 1] / 2
+    px2, py2 = px1 + anchors[:, 0], py1 + anchors[:, 1]
+    bx1, by1, bx2, by2 = cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2
+    iw_ = np.clip(np.minimum(px2[..., None], bx2) - np.maximum(px1[..., None], bx1), 0, None)
+    ih_ = np.clip(np.minimum(py2[..., None], by2) - np.maximum(py1[..., None], by1), 0, None)
+    inter = iw_ * ih_
+    iou = inter / ((anchors[:, 0] * anchors[:, 1])[:, None] + w * h - inter)
+    target[..., 7] = (iou.max(-1) > IGNORE_IOU) & (target[..., 4] == 0)
     return target
 
 
 def make_yolo_loss(num_anchors: int, num_classes: int, noobj_weight: float = 0.5, coord_weight: float = 2.0):
-    """A Keras loss(y_true (B,S,S,A,7), y_pred (B,S,S,A*(5+C))) summed per image, averaged over the batch."""
+    """A Keras loss(y_true (B,S,S,A,8), y_pred (B,S,S,A*(5+C))) summed per image, averaged over the batch."""
     import tensorflow as tf
 
     def yolo_loss(y_true, y_pred):
@@ -71,7 +86,8 @@ def make_yolo_loss(num_anchors: int, num_classes: int, noobj_weight: float = 0.5
         wh = tf.reduce_sum(tf.square(p[..., 2:4] - y_true[..., 2:4]), -1)
         coord = coord_weight * tf.reduce_sum(obj * size_w * (xy + wh), [1, 2, 3])
         bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=obj, logits=p[..., 4])
-        objectness = tf.reduce_sum(obj * bce + noobj_weight * (1.0 - obj) * bce, [1, 2, 3])
+        noobj = (1.0 - obj) * (1.0 - y_true[..., 7])
+        objectness = tf.reduce_sum(obj * bce + noobj_weight * noobj * bce, [1, 2, 3])
         ce = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y_true[..., 5], tf.int32),
                                                             logits=p[..., 5:])
         cls = tf.reduce_sum(obj * ce, [1, 2, 3])

@@ -82,3 +82,13 @@ def test_topk():
     scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
     result = topk_accuracy(np.array([1, 1, 0]), scores)
     assert result["top1"] == pytest.approx(1 / 3) and result["top5"] == pytest.approx(1.0)
+
+
+def test_ignore_marks_overlapping_priors_but_never_positives():
+    big = np.array([[60, 60, 180, 190]], np.float32)
+    target = encode_targets(big, np.array([3]), ANCHORS, (7, 7), (224, 224))
+    ignore, obj = target[..., 7] > 0, target[..., 4] > 0
+    assert obj.sum() == 1 and ignore.sum() >= 1 and not (ignore & obj).any()
+    assert ignore[:, :, :2].sum() == 0  # small priors never overlap a 4x4-cell box by IoU > 0.5
+    empty = encode_targets(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), ANCHORS, (7, 7), (224, 224))
+    assert not empty.any()
