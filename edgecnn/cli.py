@@ -169,7 +169,8 @@ _QUANT_IO = ("int8", "float")
 @click.argument("model")
 @click.option("--calib", required=True, help="Calibration set: a name under calibration/ or a folder of images.")
 @click.option("--backend", type=click.Choice(_QUANT_BACKENDS), default="tflite", show_default=True)
-@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per channel or per tensor.")
+@click.option("--per-channel/--per-tensor", default=True, show_default=True,
+              help="Weight scales per channel or per tensor.")
 @click.option("--method", type=click.Choice(_QUANT_METHODS), default="minmax", show_default=True,
               help="Activation range calibration (tflite: minmax only).")
 @click.option("--io", type=click.Choice(_QUANT_IO), default=None,

@@ -80,7 +80,9 @@ def train_one(name: str, epochs: int, verbose: int) -> dict:
     else:
         model = zoo.build(name)
     arrays = load_arrays(train_ds, size)
-    state = cache_dir("train", f"{name}-data{demo.VERSION}-recipe{RECIPE}-e{epochs}")
+    # Not keyed by the epoch count: asking for more epochs continues a finished run (the cosine
+    # schedule stretches to the new length) instead of starting over.
+    state = cache_dir("train", f"{name}-data{demo.VERSION}-recipe{RECIPE}")
     t0 = time.time()
     history = fit(model, arrays, epochs=epochs, state_dir=state, preprocessing=preprocessing, head=head,
                   learning_rate=LEARNING_RATE[name], verbose=verbose)

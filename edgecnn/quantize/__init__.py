@@ -122,12 +122,12 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         holdout = data.images[keep:]
         data = type(data)(data.name, data.input_name, data.images[:keep], data.paths[:keep])
         note(f"no labelled validation data: accuracy not measured; output fidelity on the last "
-                     f"{len(holdout)} calibration images, held out of calibration")
+             f"{len(holdout)} calibration images, held out of calibration")
     else:
         check_disjoint(data, [s.path for s in dataset.samples])
     if data.too_small:
         note(f"calibrating on {len(data)} images; at least 200 are recommended (int8 ranges from a "
-                     "handful of images are fragile)")
+             "handful of images are fragile)")
 
     work_dir = tempfile.TemporaryDirectory(prefix="edgecnn-quantize-")
     with work_dir as work:
@@ -137,7 +137,8 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         say(f"{backend}: calibrating on {len(data)} images and quantizing")
         int8_model = session.quantize()
         names = session.output_names(fp32_model)
-        say(f"validating fp32 and int8 on {len(dataset) if dataset is not None else len(holdout)} held-out images")
+        held_out = len(dataset) if dataset is not None else len(holdout)
+        say(f"validating fp32 and int8 on {held_out} held-out images")
         ref = v.evaluate(session.predictor(fp32_model), source, dataset, holdout)
         q = v.evaluate(session.predictor(int8_model), source, dataset, holdout)
         drop = v.accuracy_drop(source.task, ref.accuracy, q.accuracy)
@@ -146,8 +147,8 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         kept: list[str] = []
 
         def describe(acc, d) -> str:
-            return (f"{source.name} {backend} int8 drops {d:.2f} points: fp32 {v.describe_accuracy(source.task, ref.accuracy)}"
-                    f" -> int8 {v.describe_accuracy(source.task, acc)}")
+            before, after = v.describe_accuracy(source.task, ref.accuracy), v.describe_accuracy(source.task, acc)
+            return f"{source.name} {backend} int8 drops {d:.2f} points: fp32 {before} -> int8 {after}"
 
         if max_drop is not None and drop > max_drop:
             if not fallback:
@@ -180,7 +181,7 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         output=paths[0], float_output=paths[1], report=paths[2],
         calibration={"name": cset.name, "images": len(data)},
         validation={"name": getattr(dataset, "name", None) or "held-out calibration images",
-                    "images": len(dataset) if dataset is not None else len(holdout), "labelled": dataset is not None},
+                    "images": held_out, "labelled": dataset is not None},
         accuracy={"metric": v.primary_metric(source.task), "fp32": ref.accuracy, "int8": q.accuracy,
                   "drop_points": drop},
         outputs=outputs,

@@ -3,8 +3,9 @@
 A backend measures, for every quantizable layer, the SNR (dB) of that layer's
 output when it alone is quantized; lower means more sensitive. The fallback
 search then keeps the most sensitive layers in float, doubling how many
-(1, 2, 4, ...), until the accuracy drop is inside the allowed budget. Doubling
-needs O(log n) requantize-and-validate rounds instead of n.
+(1, 2, 4, ...), until the accuracy drop is inside the allowed budget, then
+bisects back to the smallest count that still passes (assuming more float
+layers never hurt). That is O(log n) requantize-and-validate rounds, not n.
 """
 
 from __future__ import annotations
@@ -43,21 +44,36 @@ class FallbackOutcome:
 
 def search(ranked: Sequence[LayerError], try_layers: Callable[[list[str]], Attempt], max_drop: float,
            what: Callable[[Attempt], str]) -> FallbackOutcome:
-    """Keep 1, 2, 4, ... of the most sensitive layers in float until the drop is <= max_drop.
+    """Keep the fewest most-sensitive layers in float (1, 2, 4, ..., then bisect) with drop <= max_drop.
 
     `try_layers` requantizes with those layers in float and validates; `what`
     describes an attempt for the error raised when even all layers in float
     do not get inside the budget.
     """
     attempts: list[Attempt] = []
-    count = 1
-    while True:
-        count = min(count, len(ranked))
+
+    def run(count: int) -> Attempt:
         attempt = try_layers([r.layer for r in ranked[:count]])
         attempts.append(attempt)
+        return attempt
+
+    failed, count = 0, 1
+    while True:
+        count = min(count, len(ranked))
+        attempt = run(count)
         if attempt.drop <= max_drop:
-            return FallbackOutcome(attempt, attempts)
+            break
         if count == len(ranked):
             raise AccuracyError(f"still {what(attempt)} with all {count} measured layers kept in float, "
                                 f"past --max-drop {max_drop:g}")
-        count *= 2
+        failed, count = count, count * 2
+    # Doubling overshoots by up to 2x: bisect between the last count that failed and the first that passed.
+    best, passed = attempt, count
+    while passed - failed > 1:
+        mid = (failed + passed) // 2
+        attempt = run(mid)
+        if attempt.drop <= max_drop:
+            best, passed = attempt, mid
+        else:
+            failed = mid
+    return FallbackOutcome(best, attempts)

@@ -97,7 +97,8 @@ def quantize(calibrated: bytes, per_channel: bool = True, int8_io: bool = True,
     if not float_layers:
         left = float_ops(model)
         if left:
-            raise ModelError(f"{len(left)} op(s) cannot be quantized to int8 by TFLite ({', '.join(sorted(set(left)))}); "
+            ops = ", ".join(sorted(set(left)))
+            raise ModelError(f"{len(left)} op(s) cannot be quantized to int8 by TFLite ({ops}); "
                              "use --fallback with --max-drop, or the onnx backend")
     return model
 

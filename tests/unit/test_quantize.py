@@ -185,3 +185,20 @@ def test_cli_choices_match_enums_and_api_is_lazy():
             "print(callable(f), callable(edgecnn.quantize), 'tensorflow' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.split() == ["True", "True", "False"]
+
+
+def test_fallback_search_doubles_then_bisects_to_the_fewest_layers():
+    from edgecnn.quantize import sensitivity as sens
+
+    ranked = sens.rank({f"l{i}": float(i) for i in range(20)})
+    tried = []
+
+    def attempt(layers):  # inside the budget from 11 float layers on
+        tried.append(len(layers))
+        return sens.Attempt(layers, 0.0 if len(layers) >= 11 else 5.0)
+
+    out = sens.search(ranked, attempt, 1.0, lambda a: "x")
+    assert len(out.chosen.float_layers) == 11 and out.chosen.float_layers[0] == "l0"
+    assert tried == [1, 2, 4, 8, 16, 12, 10, 11]
+    with pytest.raises(AccuracyError, match="all 20 measured layers"):
+        sens.search(ranked, lambda layers: sens.Attempt(layers, 5.0), 1.0, lambda a: "drops 5")
