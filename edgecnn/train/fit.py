@@ -94,14 +94,22 @@ def _batches(arrays: Arrays, batch_size: int, scale: float, offset: float, seed:
 
 
 def fit(model, arrays: Arrays, *, epochs: int, state_dir: Path, preprocessing: dict, head: dict | None = None,
-        batch_size: int = 32, learning_rate: float = 2e-3, seed: int = 0, verbose: int = 2):
+        batch_size: int = 32, learning_rate: float = 2e-3, seed: int = 0, verbose: int = 2,
+        bn_momentum: float | None = 0.9):
     """Train `model` in place: a classifier when head is None, else a YOLO region detector.
 
     Cosine-decayed Adam. Resumes from `state_dir` when a previous run was interrupted.
+    `bn_momentum` caps batch-norm momentum: keras.applications use 0.999, whose
+    moving statistics lag ~1000 steps behind the weights, so after a short schedule
+    the model in inference mode is far worse than in training (None keeps the model's own).
     """
     import keras
 
     keras.utils.set_random_seed(seed)
+    if bn_momentum is not None:
+        for layer in model._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.momentum = min(layer.momentum, bn_momentum)
     data = _batches(arrays, batch_size, preprocessing["scale"], preprocessing["offset"], seed, head)
     schedule = keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=epochs * len(data), alpha=0.02)
     optimizer = keras.optimizers.Adam(schedule)
