@@ -284,18 +284,25 @@ def _one_line(e) -> str:
     return " ".join(lines[:2])[:300]
 
 
+def _sources_digest() -> str:
+    h = hashlib.sha256()
+    for module in ("mobilenet.py", "yolo_lite.py", "stats.py"):
+        h.update((Path(__file__).parent / module).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def model_info(ref: str) -> dict:
     """Name, family, task, input/output shape, params, MACs, demo weights availability and description.
 
     Params and MACs need the model built (seconds), so they are cached in
-    cache_dir("zoo") under the normalized reference and the edgecnn version.
+    cache_dir("zoo") under the normalized reference and a hash of the builder and
+    counter sources (an edited builder never reads stale figures).
     """
-    from edgecnn import __version__
     from edgecnn.paths import atomic_write_bytes, cache_dir
 
     spec, kwargs = parse_model_ref(ref)
     norm = format_model_ref(spec, kwargs)
-    key = f"{norm}|{__version__}"
+    key = f"{norm}|{_sources_digest()}"
     path = cache_dir("zoo") / f"info-{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
     counts = None
     try:
