@@ -35,7 +35,7 @@ from edgecnn.paths import atomic_write_bytes, cache_dir  # noqa: E402
 
 WEIGHTS_DIR = REPO / "edgecnn" / "zoo" / "weights"
 DEMO_MODELS = ["yolo_lite", "mobilenet_v2", "mobilenet_v1"]
-EPOCHS = {"yolo_lite": 30, "mobilenet_v2": 20, "mobilenet_v1": 20}
+EPOCHS = {"yolo_lite": 30, "mobilenet_v2": 30, "mobilenet_v1": 20}
 # Bump when the training recipe changes, so a resumed run never mixes two recipes.
 RECIPE = 2
 LEARNING_RATE = {"yolo_lite": 2e-3, "mobilenet_v2": 2e-3, "mobilenet_v1": 2e-3}
@@ -115,7 +115,13 @@ def main() -> None:
     parser.add_argument("--eval-only", action="store_true", help="measure the committed weights, train nothing")
     parser.add_argument("--retrain", action="store_true", help="train even when weights exist")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--threads", type=int, help="TensorFlow threads (two trainings side by side: 1 each)")
     args = parser.parse_args()
+    if args.threads:
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     for name in args.models.split(","):
         spec = zoo.get_spec(name)
         weights = WEIGHTS_DIR / f"{name}.weights.h5"
