@@ -1,0 +1,182 @@
+"""The bundle: what `edgecnn compile` writes and the runner reads, on the board or anywhere.
+
+A bundle is a folder with the model file(s) and a manifest.json that says
+everything needed to run and evaluate it: the target and backend it was built
+for, the tensors it takes and gives (with int8 scale/zero-point), the data
+contract (preprocessing, classes, the detector head and its post-processing
+thresholds), what it came from (a content hash) and the versions of every tool
+used. Nothing else is needed to run it, so the runner can live on a Pi with
+numpy and one runtime.
+
+Standard library only: the runner imports this module on the board.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from edgecnn.errors import ModelError
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class Backend(str, Enum):
+    TFLITE = "tflite"
+    ONNX = "onnx"
+    TVM = "tvm"
+
+
+class Precision(str, Enum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the runtime sees it."""
+
+    name: str
+    shape: list[int]  # NHWC for images; -1 for a free dimension
+    dtype: str  # numpy dtype name: "float32", "int8", "uint8", ...
+    layout: str = "NHWC"  # "NHWC" | "NCHW" | "" (not an image)
+    scale: float | None = None  # int8 tensors: real = scale * (q - zero_point)
+    zero_point: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TensorSpec":
+        return cls(**_known(cls, d, "tensor"))
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json of a bundle. `files` maps a role to a file name inside the bundle.
+
+    Roles: "model" (the .tflite / .onnx file, or TVM's aarch64/x86 shared library);
+    a backend may add more (e.g. "params"). `runtime` holds the backend's settings
+    the runner must honour: {"threads": 4, "delegate": "xnnpack"} for TFLite,
+    {"execution_provider": "CPUExecutionProvider"} for ONNX, {"device": "cpu" | "cuda",
+    "entry": "main"} for TVM. `postprocess` for detectors: {"kind": "yolo_region",
+    "conf_threshold", "iou_threshold", "max_detections"}; null for classifiers.
+    """
+
+    name: str  # model stem, e.g. "yolo_lite"
+    target: str  # target name (targets/<name>.toml)
+    arch: str  # "aarch64" | "x86_64": the machine the model file runs on
+    backend: str  # Backend value
+    precision: str  # Precision value
+    files: dict[str, str]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    task: str  # "classification" | "detection"
+    preprocessing: dict[str, Any]  # edgecnn.data.preprocess.Preprocessing.to_dict()
+    classes: list[str] | None = None
+    head: dict[str, Any] | None = None  # detectors: {"anchors": [[w, h], ...], "grid": 7, "stride": 32}
+    postprocess: dict[str, Any] | None = None
+    runtime: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # {"ref", "sha256", "weights"}
+    pruning: dict[str, Any] | None = None  # {"method": "channel", "ratio": 0.3}
+    macs: int | None = None
+    params: int | None = None
+    tools: dict[str, str] = field(default_factory=dict)  # package -> version, for every tool used
+    verification: dict[str, Any] = field(default_factory=dict)  # e.g. {"host": {"max_abs_diff", "cosine"}}
+    cache_key: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        d = _known(cls, d, "manifest")
+        version = d.get("format_version", FORMAT_VERSION)
+        if version != FORMAT_VERSION:
+            raise ModelError(f"bundle format {version} is not supported (this edgecnn reads {FORMAT_VERSION})")
+        for key in ("backend", "precision"):
+            enum = Backend if key == "backend" else Precision
+            if d.get(key) not in {e.value for e in enum}:
+                raise ModelError(f"manifest: {key} must be one of {', '.join(e.value for e in enum)}, "
+                                 f"got {d.get(key)!r}")
+        try:
+            d["inputs"] = [TensorSpec.from_dict(t) for t in d["inputs"]]
+            d["outputs"] = [TensorSpec.from_dict(t) for t in d["outputs"]]
+            return cls(**d)
+        except (KeyError, TypeError) as e:
+            raise ModelError(f"manifest: missing or malformed field ({e})") from None
+
+
+def _known(cls, d: Any, what: str) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise ModelError(f"manifest: {what} must be an object")
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ModelError(f"manifest: unknown {what} field(s) {', '.join(unknown)}")
+    return dict(d)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A bundle folder on disk with its parsed manifest."""
+
+    path: Path
+    manifest: Manifest
+
+    def file(self, role: str = "model") -> Path:
+        try:
+            return self.path / self.manifest.files[role]
+        except KeyError:
+            raise ModelError(f"bundle {self.path} has no {role!r} file in its manifest") from None
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the files the runner loads (the manifest excluded)."""
+        return sum((self.path / name).stat().st_size for name in self.manifest.files.values())
+
+
+def load_bundle(path: str | Path) -> Bundle:
+    """Read and check a bundle folder (or its manifest.json); ModelError when it is not a usable bundle."""
+    path = Path(path)
+    if path.name == MANIFEST and path.is_file():
+        path = path.parent
+    if not path.is_dir():
+        raise ModelError(f"bundle not found: {path} (make one with `edgecnn compile`)")
+    manifest_path = path / MANIFEST
+    try:
+        data = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{path} is not a bundle: no {MANIFEST} (make one with `edgecnn compile`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelError(f"{manifest_path}: not valid JSON ({e})") from None
+    bundle = Bundle(path, Manifest.from_dict(data))
+    for role, name in bundle.manifest.files.items():
+        if "/" in name or name.startswith(".") or not (path / name).is_file():
+            raise ModelError(f"bundle {path}: {role} file {name!r} is missing")
+    return bundle
+
+
+def write_manifest(folder: Path, manifest: Manifest) -> Path:
+    """Write manifest.json into a bundle folder being built (inside paths.atomic_dir)."""
+    out = Path(folder) / MANIFEST
+    out.write_text(json.dumps(manifest.to_dict(), indent=1, sort_keys=False) + "\n")
+    return out
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file, or of every file under a folder (names and bytes, in sorted order)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for p in files:
+        if path.is_dir():
+            h.update(str(p.relative_to(path)).encode() + b"\0")
+        with open(p, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    return h.hexdigest()
