@@ -1,0 +1,164 @@
+"""Bench results as a table, JSON, Markdown, CSV, or an accuracy-vs-latency plot.
+
+Input is the bench document of shared/DESIGN.md: {"edgecnn", "target", "results": [row, ...]}.
+JSON is that document unchanged; the other formats flatten each row into the same
+columns, so a table on screen and a CSV in CI say the same thing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from edgecnn.errors import DataError
+
+
+class Format(str, Enum):
+    TABLE = "table"
+    JSON = "json"
+    MD = "md"
+    CSV = "csv"
+
+
+COLUMNS = ["model", "backend", "precision", "pruning", "mode", "threads", "size_kb", "macs_m", "metric", "accuracy",
+           "p50_ms", "p90_ms", "p99_ms", "fps", "instructions", "predicted_ms"]
+
+
+def _pruning(row: dict) -> str:
+    p = row.get("pruning")
+    return f"{p['method']}:{p['ratio']}" if isinstance(p, dict) else "-"
+
+
+def accuracy_value(row: dict) -> tuple[str, float | None]:
+    """The row's primary accuracy metric and its value (a fraction), or ("-", None)."""
+    acc = row.get("accuracy") or {}
+    metric = acc.get("metric")
+    return (metric, acc.get(metric)) if metric else ("-", None)
+
+
+def latency_value(row: dict) -> float | None:
+    """Measured p50 latency, else the predicted one (emulated mode), else None."""
+    lat = row.get("latency_ms") or {}
+    return lat.get("p50") if lat.get("p50") is not None else row.get("predicted_latency_ms")
+
+
+def flatten(row: dict[str, Any]) -> dict[str, Any]:
+    """One row -> the flat columns of COLUMNS (None where not measured)."""
+    lat = row.get("latency_ms") or {}
+    metric, value = accuracy_value(row)
+    size = row.get("size_bytes")
+    macs = row.get("macs")
+    return {
+        "model": row.get("model"), "backend": row.get("backend"), "precision": row.get("precision"),
+        "pruning": _pruning(row), "mode": row.get("mode"), "threads": row.get("threads"),
+        "size_kb": round(size / 1024, 1) if size else None,
+        "macs_m": round(macs / 1e6, 1) if macs else None,
+        "metric": metric, "accuracy": round(value, 4) if value is not None else None,
+        "p50_ms": _r(lat.get("p50")), "p90_ms": _r(lat.get("p90")), "p99_ms": _r(lat.get("p99")),
+        "fps": _r(row.get("fps"), 1), "instructions": row.get("emulated_instructions"),
+        "predicted_ms": _r(row.get("predicted_latency_ms")),
+    }
+
+
+def _r(x: float | None, digits: int = 2) -> float | None:
+    return None if x is None else round(float(x), digits)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, int) and value >= 10000:
+        return f"{value:,}"
+    return str(value)
+
+
+def render(doc: dict[str, Any], fmt: str | Format) -> str:
+    """The document in one text format (table is plain text here; the CLI prints it with rich)."""
+    fmt = Format(fmt)
+    if fmt is Format.JSON:
+        return json.dumps(doc, indent=1)
+    rows = [flatten(r) for r in doc.get("results", [])]
+    if fmt is Format.CSV:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if v is None else v for k, v in r.items()})
+        return buf.getvalue()
+    lines = [f"edgecnn {doc.get('edgecnn', '?')} bench, target {doc.get('target', '?')}", ""]
+    lines.append("| " + " | ".join(COLUMNS) + " |")
+    lines.append("|" + "|".join("---" for _ in COLUMNS) + "|")
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r[c]) for c in COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(doc: dict[str, Any]):
+    """A rich Table of the document for the terminal."""
+    from rich.table import Table
+
+    table = Table(title=f"edgecnn bench: target {doc.get('target')}")
+    for c in COLUMNS:
+        table.add_column(c, justify="left" if c in ("model", "backend", "precision", "pruning", "mode", "metric")
+                         else "right")
+    for row in doc.get("results", []):
+        flat = flatten(row)
+        table.add_row(*(_cell(flat[c]) for c in COLUMNS))
+    return table
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of points (latency, accuracy) that no other point beats on both (lower latency, higher accuracy)."""
+    front = []
+    for i, (lat, acc) in enumerate(points):
+        dominated = any((l2 <= lat and a2 >= acc) and (l2 < lat or a2 > acc) for l2, a2 in points)
+        if not dominated:
+            front.append(i)
+    return front
+
+
+def plot(doc: dict[str, Any], path: str | Path) -> Path:
+    """Accuracy vs latency per variant, one panel per metric, the Pareto front marked. Writes a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DataError("--plot needs matplotlib: pip install matplotlib") from None
+    by_metric: dict[str, list[tuple[float, float, str]]] = {}
+    for row in doc.get("results", []):
+        metric, acc = accuracy_value(row)
+        lat = latency_value(row)
+        if acc is None or lat is None:
+            continue
+        label = f"{row['model']} {row['backend']} {row['precision']}" + \
+                (f" {_pruning(row)}" if row.get("pruning") else "")
+        by_metric.setdefault(metric, []).append((lat, acc, label))
+    if not by_metric:
+        raise DataError("nothing to plot: no row has both an accuracy and a (measured or predicted) latency")
+    fig, axes = plt.subplots(1, len(by_metric), figsize=(6.5 * len(by_metric), 4.8), squeeze=False)
+    predicted = any((r.get("latency_ms") or {}).get("p50") is None for r in doc.get("results", []))
+    for ax, (metric, pts) in zip(axes[0], sorted(by_metric.items())):
+        front = set(pareto_front([(p[0], p[1]) for p in pts]))
+        for i, (lat, acc, label) in enumerate(pts):
+            ax.scatter(lat, acc, marker="*" if i in front else "o", s=120 if i in front else 40,
+                       color="tab:red" if i in front else "tab:blue", zorder=3)
+            ax.annotate(label, (lat, acc), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        fp = sorted((pts[i][0], pts[i][1]) for i in front)
+        ax.plot([p[0] for p in fp], [p[1] for p in fp], "--", color="tab:red", lw=1, label="Pareto front")
+        ax.set_xlabel("latency p50 (ms)" + (", predicted where emulated" if predicted else ""))
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"edgecnn bench, target {doc.get('target')}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
