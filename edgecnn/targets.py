@@ -41,6 +41,19 @@ class Gpu:
 
 
 @dataclass(frozen=True)
+class Cost:
+    """A linear cost model for emulated runs: predicted ms = guest instructions x ns_per_instruction / 1e6.
+
+    Calibrated on one published latency of the board and the guest instruction count of the
+    same network under qemu with the board's core; `reference` says which. A rough figure
+    (one point, other runtime and thread count): bench labels it as predicted, never measured.
+    """
+
+    ns_per_instruction: float
+    reference: str
+
+
+@dataclass(frozen=True)
 class Target:
     """One board. Field docs are the schema users read (`edgecnn targets show`)."""
 
@@ -62,6 +75,7 @@ class Target:
     qemu_cpu: str = ""  # qemu-aarch64 -cpu model; "" when not emulated
     cpu_part: str = ""  # MIDR part number for the emulated /proc/cpuinfo, e.g. "0xd08"
     gpu: Gpu | None = None
+    cost: Cost | None = None
     source: str = ""  # the file this target came from
 
     @property
@@ -92,9 +106,11 @@ _SCHEMA: dict[str, tuple[type, bool]] = {
     "qemu_cpu": (str, False),
     "cpu_part": (str, False),
     "gpu": (dict, False),
+    "cost": (dict, False),
 }
 _GPU_SCHEMA: dict[str, tuple[type, bool]] = {"name": (str, True), "arch": (str, True), "memory_mb": (int, False)}
-_TYPE_WORDS = {str: "a string", int: "an integer", list: "a list of strings", dict: "a table"}
+_COST_SCHEMA: dict[str, tuple[type, bool]] = {"ns_per_instruction": (float, True), "reference": (str, True)}
+_TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", list: "a list of strings", dict: "a table"}
 
 
 def builtin_targets_dir() -> Path:
@@ -120,7 +136,8 @@ def _check_table(data: dict, schema: dict[str, tuple[type, bool]], where: str) -
             continue
         value = data[key]
         # bool is an int subclass in Python; a target never means True by 4 cores.
-        ok = isinstance(value, typ) and not (typ is int and isinstance(value, bool))
+        ok = isinstance(value, (int, float) if typ is float else typ) and not (
+            typ in (int, float) and isinstance(value, bool))
         if ok and typ is list:
             ok = all(isinstance(v, str) for v in value)
         if not ok:
@@ -169,8 +186,14 @@ def parse_target(data: dict, source: str) -> Target:
     if "gpu" in data:
         _check_table(data["gpu"], _GPU_SCHEMA, f"{source} [gpu]")
         gpu = Gpu(**data["gpu"])
-    fields = {k: v for k, v in data.items() if k != "gpu"}
-    return Target(**fields, gpu=gpu, source=source)
+    cost = None
+    if "cost" in data:
+        _check_table(data["cost"], _COST_SCHEMA, f"{source} [cost]")
+        if data["cost"]["ns_per_instruction"] <= 0:
+            raise TargetError(f"{source} [cost]: 'ns_per_instruction' must be positive")
+        cost = Cost(float(data["cost"]["ns_per_instruction"]), data["cost"]["reference"])
+    fields = {k: v for k, v in data.items() if k not in ("gpu", "cost")}
+    return Target(**fields, gpu=gpu, cost=cost, source=source)
 
 
 def load_target_file(path: str | Path) -> Target:

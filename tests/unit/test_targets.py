@@ -48,6 +48,13 @@ def test_unknown_target_lists_known_ones():
         get_target("pi9")
 
 
+def test_cost_model_of_the_pi_targets():
+    for name in ("a53", "a72", "a76"):
+        cost = get_target(name).cost
+        assert cost is not None and 0 < cost.ns_per_instruction < 1 and "MobileNetV2" in cost.reference
+    assert get_target("host").cost is None  # measured for real, nothing to predict
+
+
 def test_user_file_by_path(tmp_path):
     f = tmp_path / "myboard.toml"
     f.write_text(A72.replace('name = "a72"', 'name = "myboard"').replace("aliases = [", "aliases = [\"mine\", "))
@@ -66,6 +73,9 @@ def test_user_file_by_path(tmp_path):
     (lambda s: s.replace('kind = "llvm"\n', ""), "table 'tvm' needs a 'kind'"),
     (lambda s: s + "[gpu]\nname = \"x\"\n", r"\[gpu\]: missing required key 'arch'"),
     (lambda s: s + "name = \n", "not valid TOML"),
+    (lambda s: s.replace("ns_per_instruction = 0.5042", 'ns_per_instruction = "fast"'),
+     r"\[cost\]: key 'ns_per_instruction' must be a number"),
+    (lambda s: s.replace("ns_per_instruction = 0.5042", "ns_per_instruction = -1.0"), "must be positive"),
 ])
 def test_schema_errors_name_file_and_key(tmp_path, edit, message):
     f = tmp_path / "bad.toml"
