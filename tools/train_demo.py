@@ -34,11 +34,13 @@ from edgecnn.data.dataset import Task  # noqa: E402
 from edgecnn.paths import atomic_write_bytes, cache_dir  # noqa: E402
 
 WEIGHTS_DIR = REPO / "edgecnn" / "zoo" / "weights"
-DEMO_MODELS = ["yolo_lite", "mobilenet_v2", "mobilenet_v1"]
-EPOCHS = {"yolo_lite": 30, "mobilenet_v2": 30, "mobilenet_v1": 45}
+# mobilenet_v3_small: the known hard case for int8 (hard-swish, squeeze-excite), trained so that
+# quantization's --fallback can be shown on a real network, not a random one.
+DEMO_MODELS = ["yolo_lite", "mobilenet_v2", "mobilenet_v1", "mobilenet_v3_small"]
+EPOCHS = {"yolo_lite": 30, "mobilenet_v2": 30, "mobilenet_v1": 45, "mobilenet_v3_small": 30}
 # Bump when the training recipe changes, so a resumed run never mixes two recipes.
 RECIPE = 2
-LEARNING_RATE = {"yolo_lite": 2e-3, "mobilenet_v2": 2e-3, "mobilenet_v1": 2e-3}
+LEARNING_RATE = {"yolo_lite": 2e-3, "mobilenet_v2": 2e-3, "mobilenet_v1": 2e-3, "mobilenet_v3_small": 2e-3}
 
 
 def detector_head(spec, train_ds) -> dict:
