@@ -97,17 +97,30 @@ def render(doc: dict[str, Any], fmt: str | Format) -> str:
     return "\n".join(lines) + "\n"
 
 
+_SHORT = {"precision": "prec", "pruning": "prune", "threads": "thr", "size_kb": "KB", "macs_m": "MMACs",
+          "accuracy": "acc", "p50_ms": "p50 ms", "p90_ms": "p90 ms", "p99_ms": "p99 ms",
+          "instructions": "instructions", "predicted_ms": "pred. ms"}
+
+
 def rich_table(doc: dict[str, Any]):
-    """A rich Table of the document for the terminal."""
+    """A rich Table of the document for the terminal; columns empty in every row are left out."""
     from rich.table import Table
 
-    table = Table(title=f"edgecnn bench: target {doc.get('target')}")
-    for c in COLUMNS:
-        table.add_column(c, justify="left" if c in ("model", "backend", "precision", "pruning", "mode", "metric")
-                         else "right")
-    for row in doc.get("results", []):
-        flat = flatten(row)
-        table.add_row(*(_cell(flat[c]) for c in COLUMNS))
+    rows = [flatten(r) for r in doc.get("results", [])]
+    cols = [c for c in COLUMNS if c not in ("mode", "metric") and any(r[c] not in (None, "-") for r in rows)]
+    mode = ", ".join(sorted({str(r["mode"]) for r in rows})) or "-"
+    table = Table(title=f"edgecnn bench: target {doc.get('target')} ({mode})")
+    for c in cols:
+        table.add_column(_SHORT.get(c, c), justify="left" if c in ("model", "backend", "precision", "pruning")
+                         else "right", overflow="fold")
+    for r in rows:
+        cells = []
+        for c in cols:
+            if c == "accuracy" and r[c] is not None:
+                cells.append(f"{r['metric']} {r[c]:.3f}")
+            else:
+                cells.append(_cell(r[c]))
+        table.add_row(*cells)
     return table
 
 

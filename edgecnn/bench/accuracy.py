@@ -28,26 +28,38 @@ def topk_accuracy(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
     return {"metric": "top1", "top1": top1, "top5": top5}
 
 
-def coco_map(dataset: DetectionDataset, detections: Iterable[Detections]) -> dict[str, float]:
-    """COCO mAP@0.5:0.95 and mAP@0.5; detections in original-image pixels, one per sample."""
-    from faster_coco_eval import COCO, COCOeval_faster
-
+def coco_results(dataset: DetectionDataset, detections: Iterable[Detections]) -> list[dict]:
+    """COCO result dicts (image_id, category_id = label + 1, xywh bbox, score); detections in
+    original-image pixels, one per sample. JSON-ready: the board sends these when it cannot score."""
     results = []
     for sample, det in zip(dataset.samples, detections, strict=True):
         for box, score, label in zip(det.boxes, det.scores, det.labels):
             x1, y1, x2, y2 = (float(v) for v in box)
             results.append({"image_id": sample.image_id, "category_id": int(label) + 1,
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    return results
+
+
+def coco_map_from_results(dataset: DetectionDataset, results: list[dict]) -> dict[str, float]:
+    """COCO mAP@0.5:0.95 and mAP@0.5 of COCO result dicts (see coco_results) against the data set."""
+    from faster_coco_eval import COCO, COCOeval_faster
+
     if not results:
         return {"metric": "map50_95", "map50_95": 0.0, "map50": 0.0}
     with contextlib.redirect_stdout(io.StringIO()):  # COCOeval prints its summary table
         gt = COCO(dataset.to_coco())
-        dt = gt.loadRes(results)
+        # loadRes adds fields (area, segmentation, id) to the dicts it gets: give it copies.
+        dt = gt.loadRes([{**r, "bbox": list(r["bbox"])} for r in results])
         ev = COCOeval_faster(gt, dt, iouType="bbox")
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
     return {"metric": "map50_95", "map50_95": float(ev.stats[0]), "map50": float(ev.stats[1])}
+
+
+def coco_map(dataset: DetectionDataset, detections: Iterable[Detections]) -> dict[str, float]:
+    """COCO mAP@0.5:0.95 and mAP@0.5; detections in original-image pixels, one per sample."""
+    return coco_map_from_results(dataset, coco_results(dataset, detections))
 
 
 def evaluate_classifier(predict: Callable[[np.ndarray], np.ndarray], dataset: ClassificationDataset,

@@ -1,10 +1,10 @@
 """Emulated ARM: an aarch64 sysroot, qemu-user runs pinned to a target's core, and
 deterministic instruction counts from a TCG plugin.
 
-    from edgecnn.emulate import setup, status, run_python, run_tflite
+    from edgecnn.emulate import setup, status, run_python, run_tflite, run_bundle_emulated
 
 Nothing here needs Docker or binfmt_misc; the host needs the apt packages in
-tools/apt-packages.txt. Heavy imports (numpy for run_tflite) happen on use.
+tools/apt-packages.txt. Heavy imports (numpy for run_tflite and run_bundle_emulated) happen on use.
 """
 
 from __future__ import annotations
@@ -20,5 +20,12 @@ def run_tflite(*args, **kwargs):
     return _run(*args, **kwargs)
 
 
-__all__ = ["Piece", "GuestResult", "require_environment", "run_guest", "run_python", "run_tflite", "setup",
-           "status"]
+def run_bundle_emulated(*args, **kwargs):
+    """See edgecnn.emulate.bundle.run_bundle_emulated (imported lazily: it needs numpy)."""
+    from edgecnn.emulate.bundle import run_bundle_emulated as _run
+
+    return _run(*args, **kwargs)
+
+
+__all__ = ["Piece", "GuestResult", "require_environment", "run_bundle_emulated", "run_guest", "run_python",
+           "run_tflite", "setup", "status"]

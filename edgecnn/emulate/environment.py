@@ -134,8 +134,9 @@ def require_environment(target: Target, need_plugin: bool = False) -> Ready:
 
 
 def _mounts(site: Path, tvm: Path | None) -> dict[str, Path]:
-    """Host dirs the guest sees at fixed paths: /edgecnn/site, /edgecnn/tvm, /edgecnn/guest."""
-    mounts = {"site": site, "guest": sysroot.GUEST_DIR}
+    """Host dirs the guest sees at fixed paths: /edgecnn/site, /edgecnn/tvm, /edgecnn/guest, and
+    edgecnn's own package at /edgecnn/src/edgecnn (the guest runs edgecnn.runner.sessions from it)."""
+    mounts = {"site": site, "guest": sysroot.GUEST_DIR, sysroot.PACKAGE_MOUNT: sysroot.PACKAGE_DIR}
     if tvm is not None:
         mounts["tvm"] = tvm
     return mounts

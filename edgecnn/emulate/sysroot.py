@@ -37,6 +37,10 @@ MANIFEST = "edgecnn-sysroot.json"
 VIEW_LINKS = ("bin", "etc", "lib", "sbin", "usr", "var")
 GUEST_MOUNT = "/edgecnn"  # where the views show edgecnn's own dirs (wheels, guest scripts)
 GUEST_DIR = Path(__file__).with_name("guest")  # guest-side scripts (stdlib + numpy + a runtime only)
+# edgecnn itself, for guest scripts that run the board runner (edgecnn.runner.sessions, edgecnn.artifacts):
+# the guest sees it as /edgecnn/src/edgecnn, so PYTHONPATH=/edgecnn/src imports it.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
+PACKAGE_MOUNT = "src/edgecnn"
 
 # MIDR variant/revision of the cores on the boards (r0p4 Pi 3, r0p3 Pi 4, r4p1 Pi 5).
 _REVISION = {"0xd03": ("0x0", "4"), "0xd08": ("0x0", "3"), "0xd0b": ("0x4", "1"), "0xd07": ("0x1", "1")}

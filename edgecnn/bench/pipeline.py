@@ -1,0 +1,343 @@
+"""`edgecnn bench`: every requested variant through prune -> quantize -> compile -> run, one row each.
+
+The one module that chains stages (shared/DESIGN.md). Variants are the product of
+models x pruning x backends x precisions; quantize and compile are cached by
+content hash, so a second bench only runs.
+
+Modes:
+- native: the host is the target's architecture; bundles run here, timed for real.
+- emulated: the bundle runs under qemu-aarch64 with the target's core on a few images;
+  its outputs must match the same inputs run natively, and the guest instruction count
+  per inference is the performance figure. latency_ms and fps are null: wall-clock
+  under qemu says nothing about the board. Accuracy on the full split comes from the
+  identical artifact run natively when the artifact is portable (.tflite, .onnx); a
+  TVM library is built for the host from the same source for that.
+- ssh: bundle and runner are copied to the board and run there (edgecnn.bench.remote).
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgecnn.errors import DataError, EdgecnnError, ModelError, ToolError
+from edgecnn.targets import Target, get_target
+
+DEMO_MODELS = ("yolo_lite", "mobilenet_v2", "mobilenet_v1")
+DEMO_CALIBRATION = {"detection": "demo-detection", "classification": "demo-classification"}
+# Emulated runs check this many images (qemu is 250-450x slower than the board).
+EMULATED_SAMPLE = 3
+# Float outputs of the same artifact on x86 and aarch64 differ only by kernel choice (FMA, blocking).
+EMULATED_ATOL = {"fp32": 1e-3, "fp16": 1e-2, "int8": None}  # int8: by quantization steps, see _outputs_match
+
+
+class Mode(str, Enum):
+    NATIVE = "native"
+    EMULATED = "emulated"
+    SSH = "ssh"
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str
+    backend: str
+    precision: str
+    prune: str | None = None  # "channel:0.3"
+
+    def pruning(self) -> dict | None:
+        if not self.prune:
+            return None
+        method, _, ratio = self.prune.partition(":")
+        return {"method": method, "ratio": float(ratio)}
+
+
+@dataclass
+class BenchPlan:
+    target: Target
+    mode: Mode
+    variants: list[Variant]
+    data: str | None = None
+    device: str | None = None
+    limit: int | None = None
+    runs: int = 50
+    warmup: int = 5
+    threads: int | None = None
+    weights: str = "demo"
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_prune(text: str) -> str | None:
+    """'none' | 'channel:0.3' | 'magnitude:0.5' -> canonical spec or None; DataError otherwise."""
+    text = text.strip().lower()
+    if text in ("", "none", "0"):
+        return None
+    method, sep, ratio = text.partition(":")
+    if method not in ("channel", "magnitude") or not sep:
+        raise DataError(f"--prune {text!r}: expected channel:R or magnitude:R (R between 0 and 1), or none")
+    try:
+        r = float(ratio)
+    except ValueError:
+        raise DataError(f"--prune {text!r}: ratio {ratio!r} is not a number") from None
+    if not 0 < r < 1:
+        raise DataError(f"--prune {text!r}: ratio must be between 0 and 1")
+    return f"{method}:{r:g}"
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def choose_mode(target: Target, device: str | None, emulate: bool | None) -> Mode:
+    """ssh with a device; else native where the host runs the target's code; else emulated."""
+    if device and emulate:
+        raise DataError("--device and --emulate exclude each other: bench on the board or under qemu, not both")
+    if device:
+        return Mode.SSH
+    native_ok = target.is_host or target.arch == host_arch()
+    if emulate:
+        if not target.qemu_cpu:
+            raise DataError(f"target {target.name} has no qemu CPU model (qemu_cpu); it cannot be emulated")
+        return Mode.EMULATED
+    if native_ok:
+        return Mode.NATIVE
+    if target.qemu_cpu:
+        return Mode.EMULATED
+    raise DataError(f"target {target.name} ({target.arch}) cannot run on this {host_arch()} machine and has no "
+                    f"qemu CPU model; pass --device user@host to bench on the board")
+
+
+def default_backends(target: Target, precision: str) -> list[str]:
+    """The target's preferred backend for a precision (TVM computes int8 in float, so it never gets int8)."""
+    for runtime in target.runtimes:
+        if precision == "int8" and runtime == "tvm":
+            continue
+        return [runtime]
+    raise DataError(f"target {target.name} has no backend for {precision}")
+
+
+def make_plan(target: str, *, models: list[str] | None = None, backends: list[str] | None = None,
+              precisions: list[str] | None = None, prunes: list[str] | None = None, device: str | None = None,
+              emulate: bool | None = None, data: str | None = None, limit: int | None = None, runs: int = 50,
+              warmup: int = 5, threads: int | None = None, weights: str = "demo") -> BenchPlan:
+    """Resolve the command line into the list of variants to run; raises on anything inconsistent."""
+    t = get_target(target)
+    mode = choose_mode(t, device, emulate)
+    precisions = precisions or ["fp32", "int8"]
+    for p in precisions:
+        if p not in ("fp32", "fp16", "int8"):
+            raise DataError(f"unknown precision {p!r}; choose from fp32, fp16, int8")
+    for b in backends or []:
+        if b not in t.runtimes:
+            raise DataError(f"target {t.name} cannot use backend {b!r}; its backends: {', '.join(t.runtimes)}")
+    prune_specs = [parse_prune(p) for p in (prunes or ["none"])]
+    models = list(models or DEMO_MODELS)
+    if data is None and weights != "demo":
+        raise DataError("--data is needed to measure accuracy when the weights are not the demo weights")
+    variants = []
+    for m in models:
+        for pr in prune_specs:
+            for prec in precisions:
+                for b in backends or default_backends(t, prec):
+                    if b == "tvm" and prec == "int8":  # never a float model passed off as int8
+                        continue
+                    variants.append(Variant(m, b, prec, pr))
+    notes = []
+    if backends and "tvm" in backends and "int8" in precisions:
+        notes.append("tvm int8 left out: TVM 0.27 computes quantized graphs in float; int8 runs on tflite/onnx")
+    if not variants:
+        raise DataError("nothing to bench: every requested combination was excluded")
+    if limit is not None and limit < 1:
+        raise DataError("--limit must be 1 or more")
+    return BenchPlan(t, mode, variants, data, device, limit, runs, warmup, threads, weights, notes)
+
+
+def _data_for(model_task: str, plan: BenchPlan) -> str:
+    if plan.data:
+        if not Path(plan.data).exists():
+            raise DataError(f"data set not found: {plan.data}")
+        return plan.data
+    from edgecnn.data import demo
+
+    return str(demo.demo_path(model_task, "val"))
+
+
+def _source_model(variant: Variant, plan: BenchPlan, log: Callable[[str], None]) -> str:
+    """The model reference compile starts from: the zoo name/file, or its pruned form (cached)."""
+    if not variant.prune:
+        return variant.model
+    from edgecnn.bench.cached import pruned_model
+
+    return str(pruned_model(variant.model, variant.pruning(), plan.weights, log))
+
+
+def _compile(source: str, variant: Variant, target: Target | str, plan: BenchPlan, log) -> Any:
+    from edgecnn.compile import compile_model
+
+    task = _task_of(source, plan)
+    return compile_model(source, target, backend=variant.backend, precision=variant.precision,
+                         calib=DEMO_CALIBRATION.get(task) if plan.weights == "demo" else None,
+                         weights=plan.weights, log=log).bundle
+
+
+def _task_of(source: str, plan: BenchPlan) -> str:
+    from edgecnn.quantize.source import resolve_model
+
+    return resolve_model(source, plan.weights if not Path(source).exists() else "demo").task
+
+
+def run_variant(variant: Variant, plan: BenchPlan, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+    """Build (cached) and measure one variant; the bench JSON row."""
+    source = _source_model(variant, plan, log)
+    bundle = _compile(source, variant, plan.target, plan, log)
+    man = bundle.manifest
+    data = _data_for(man.task, plan)
+    row: dict[str, Any] = {
+        "model": variant.model, "weights": plan.weights, "backend": variant.backend, "precision": variant.precision,
+        "pruning": variant.pruning(), "mode": plan.mode.value, "target": plan.target.name,
+        "bundle": str(bundle.path), "size_bytes": bundle.size_bytes, "macs": man.macs, "params": man.params,
+        "emulated_instructions": None, "predicted_latency_ms": None,
+    }
+    if plan.mode is Mode.NATIVE:
+        log(f"{variant.model} {variant.backend} {variant.precision}: running on this machine")
+        row.update(_measured(run_native(bundle.path, data=data, limit=plan.limit, runs=plan.runs,
+                                        warmup=plan.warmup, threads=plan.threads)))
+    elif plan.mode is Mode.SSH:
+        from edgecnn.bench.remote import run_remote
+
+        log(f"{variant.model} {variant.backend} {variant.precision}: running on {plan.device}")
+        row.update(_measured(run_remote(bundle, plan.device, data=data, limit=plan.limit, runs=plan.runs,
+                                        warmup=plan.warmup, threads=plan.threads)))
+    else:
+        row.update(_emulated(bundle, source, variant, plan, data, log))
+    row["mode"] = plan.mode.value
+    return row
+
+
+def run_native(bundle: Path, *, data: str | None, limit: int | None, runs: int, warmup: int,
+               threads: int | None, timeout: float = 3600) -> dict[str, Any]:
+    """The runner in a fresh process, as on the board: its load time, memory and thread pool are its own,
+    not those of this process (which holds TensorFlow)."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "edgecnn.runner", str(bundle), "--runs", str(runs), "--warmup", str(warmup)]
+    for flag, value in (("--data", data), ("--limit", limit), ("--threads", threads)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"the runner did not finish within {timeout:.0f} s on {bundle}") from None
+    if done.returncode != 0:
+        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("Error: ")]
+        message = errors[-1][len("Error: "):] if errors else (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise (DataError if done.returncode == 1 else ToolError)(f"runner: {message}")
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise ToolError(f"the runner printed no JSON result: {done.stdout.strip()[-200:]!r}") from None
+
+
+_MEASURED_KEYS = ("latency_ms", "fps", "load_ms", "first_inference_ms", "peak_rss_mb", "threads", "images",
+                  "accuracy")
+
+
+def _measured(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: result.get(k) for k in _MEASURED_KEYS}
+
+
+def _emulated(bundle, source: str, variant: Variant, plan: BenchPlan, data: str, log) -> dict[str, Any]:
+    from edgecnn.emulate.bundle import run_bundle_emulated
+    from edgecnn.runner.run import run_bundle
+
+    # Accuracy: the identical artifact natively where it is portable; else a host build of the same source.
+    portable = bundle.manifest.backend in ("tflite", "onnx")
+    reference = bundle if portable else _compile(source, variant, "host", plan, log)
+    log(f"{variant.model} {variant.backend} {variant.precision}: accuracy on this machine "
+        f"({'same artifact' if portable else 'host build of the same model'})")
+    native = run_bundle(reference, data=data, limit=plan.limit, runs=1, warmup=0, threads=plan.threads)
+    sample = _sample_inputs(bundle, data, min(EMULATED_SAMPLE, plan.limit or EMULATED_SAMPLE))
+    log(f"{variant.model} {variant.backend} {variant.precision}: {len(sample)} image(s) under qemu "
+        f"-cpu {plan.target.qemu_cpu}")
+    emu = run_bundle_emulated(bundle, sample, plan.target)
+    from edgecnn.runner.sessions import open_session
+
+    session = open_session(reference, threads=1)
+    host_outputs = [session(x) for x in sample]
+    worst = _outputs_match(host_outputs, emu.outputs, bundle.manifest)
+    counts = list(emu.instructions)
+    instructions = int(round(float(np.median(counts))))
+    cost = plan.target.cost
+    return {
+        "latency_ms": None, "fps": None, "load_ms": None, "first_inference_ms": None, "peak_rss_mb": None,
+        "threads": 1, "images": native.get("images"), "accuracy": native.get("accuracy"),
+        "emulated_instructions": instructions,
+        # Labelled as predicted: a one-point linear model (targets/<name>.toml [cost]), not a measurement.
+        "predicted_latency_ms": round(instructions * cost.ns_per_instruction / 1e6, 3) if cost else None,
+        "emulated_check": {"images": len(sample), "max_abs_diff": worst, "qemu_cpu": plan.target.qemu_cpu,
+                           "accuracy_from": "same artifact, native" if portable else "host build, native"},
+    }
+
+
+def _sample_inputs(bundle, data: str, n: int) -> list[np.ndarray]:
+    from edgecnn.data.formats import load_dataset
+    from edgecnn.data.preprocess import Preprocessing
+
+    ds = load_dataset(data).subset(n)
+    prep = Preprocessing.from_dict(bundle.manifest.preprocessing)
+    return [prep(s.path)[0][None] for s in ds.samples]
+
+
+def _outputs_match(host: list, guest: list, manifest) -> float:
+    """Largest |host - guest| over the sample; raises when past tolerance (the ARM build is wrong)."""
+    worst = 0.0
+    for h_out, g_out in zip(host, guest):
+        for spec, h, g in zip(manifest.outputs, h_out, g_out):
+            diff = float(np.max(np.abs(np.asarray(h, np.float64) - np.asarray(g, np.float64))))
+            worst = max(worst, diff)
+            atol = EMULATED_ATOL.get(manifest.precision)
+            if atol is None:  # int8: allow one quantization step of the output
+                atol = (spec.scale or 0.0) * 1.01 + 1e-6
+            scale = max(1.0, float(np.max(np.abs(h))))
+            if diff > atol * scale:
+                raise ModelError(f"{manifest.name} ({manifest.backend} {manifest.precision}) on "
+                                 f"{manifest.target}: emulated outputs differ from the host run by {diff:.3g} "
+                                 f"(tolerance {atol * scale:.3g}); the aarch64 build computes something else")
+    return worst
+
+
+def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
+          on_row: Callable[[dict], None] | None = None) -> dict[str, Any]:
+    """Run every variant of the plan; the bench document of shared/DESIGN.md."""
+    from edgecnn import __version__
+
+    if plan.mode is Mode.EMULATED:
+        from edgecnn.emulate.environment import require_environment
+
+        require_environment(plan.target, need_plugin=True)
+    results = []
+    for v in plan.variants:
+        try:
+            row = run_variant(v, plan, log)
+        except EdgecnnError as e:  # name the variant: one line still, but the user knows which
+            raise type(e)(f"{v.model} {v.backend} {v.precision}"
+                          f"{' ' + v.prune if v.prune else ''}: {e}") from None
+        results.append(row)
+        if on_row:
+            on_row(row)
+    notes = list(plan.notes)
+    if plan.mode is Mode.EMULATED:
+        notes.append("emulated: latency_ms and fps are null (qemu wall-clock is not board time); "
+                     "emulated_instructions is the guest count of one inference, 1 thread")
+        if plan.target.cost:
+            notes.append(f"predicted_latency_ms = instructions x {plan.target.cost.ns_per_instruction} ns, "
+                         f"from {plan.target.cost.reference}; a rough prediction, not a measurement")
+    return {"edgecnn": __version__, "target": plan.target.name, "mode": plan.mode.value,
+            "notes": notes, "results": results}

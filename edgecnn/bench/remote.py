@@ -1,0 +1,210 @@
+"""Run a bundle on a board over SSH with the board runner: `edgecnn bench --device pi@raspberrypi.local`.
+
+One `ssh` call does everything, through the system client, so the user's
+~/.ssh/config, keys and agent apply (BatchMode: never a password prompt):
+
+    ssh -o BatchMode=yes -o ConnectTimeout=10 [options] [-p PORT] -- user@host  python3 -c BOOT TOKEN ARGS
+        stdin: tar.gz of  src/edgecnn/...   (the runner's own source files, nothing else)
+                          bundle/...         (manifest.json + model files)
+                          data/...           (the --data images: class folders, or COCO JSON + images)
+
+BOOT (runs on the board, any Python 3.10+) unpacks into $TMPDIR/edgecnn-run-TOKEN,
+runs `python -m edgecnn.runner bundle ...` there with PYTHONPATH=src, and removes
+the folder when the runner ends. The board needs Python, numpy and the bundle's
+runtime (`pip install 'edgecnn[runner]'`), not edgecnn itself. The runner's JSON
+comes back on stdout. Detection mAP: when the board lacks faster-coco-eval the
+runner sends its detections and mAP is computed here, on the same images.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import secrets
+import shlex
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from edgecnn.artifacts import Bundle, load_bundle
+from edgecnn.errors import DataError, ToolError
+
+PACKAGE = Path(__file__).resolve().parents[1]  # the edgecnn package folder
+# What `python -m edgecnn.runner` imports: stdlib + numpy + a runtime (+ opencv for images).
+RUNNER_SOURCES = (
+    "__init__.py", "errors.py", "artifacts.py",
+    "runner/__init__.py", "runner/__main__.py", "runner/run.py", "runner/sessions.py", "runner/stats.py",
+    "runner/postprocess.py",
+    "data/__init__.py", "data/dataset.py", "data/preprocess.py", "data/formats.py",
+    "bench/__init__.py", "bench/accuracy.py",
+)
+MIN_PYTHON = (3, 10)
+DEFAULT_TIMEOUT_S = 600
+
+# Runs on the board. Kept to Python 3 syntax old boards parse, so a too-old Python gets a clear line.
+BOOT = r"""
+import os, shutil, subprocess, sys, tarfile, tempfile
+if sys.version_info < %(min)r:
+    sys.stderr.write("edgecnn-remote: python %%d.%%d\n" %% sys.version_info[:2])
+    sys.exit(3)
+work = os.path.join(tempfile.gettempdir(), "edgecnn-run-" + sys.argv[1])
+os.makedirs(work)
+code = 1
+try:
+    with tarfile.open(fileobj=sys.stdin.buffer, mode="r|gz") as tar:
+        tar.extractall(work, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.join(work, "src"), env.get("PYTHONPATH")) if p)
+    proc = subprocess.Popen([sys.executable, "-m", "edgecnn.runner"] + sys.argv[2:], cwd=work, env=env)
+    with open(os.path.join(work, "pid"), "w") as f:
+        f.write(str(proc.pid))
+    code = proc.wait()
+finally:
+    shutil.rmtree(work, ignore_errors=True)
+sys.exit(code)
+""" % {"min": MIN_PYTHON}
+
+# Best effort after a timeout: stop the runner and remove its folder.
+CLEANUP = r"""
+import os, shutil, signal, sys, tempfile
+work = os.path.join(tempfile.gettempdir(), "edgecnn-run-" + sys.argv[1])
+try:
+    os.kill(int(open(os.path.join(work, "pid")).read()), signal.SIGKILL)
+except (OSError, ValueError):
+    pass
+shutil.rmtree(work, ignore_errors=True)
+"""
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """"user@host[:port]" (or "host", or "user@[v6addr]:port") -> (destination for ssh, port or None)."""
+    text = str(device).strip()
+    m = re.fullmatch(r"(?:(?P<user>[^@\s:/]+)@)?(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^@\s:/\[\]]+))"
+                     r"(?::(?P<port>\d+))?", text)
+    if not m or text.startswith("-") or (m["port"] and not 0 < int(m["port"]) < 65536):
+        raise DataError(f"device {device!r} is not user@host[:port]")
+    host = m["v6"] or m["host"]
+    return (f"{m['user']}@{host}" if m["user"] else host), (int(m["port"]) if m["port"] else None)
+
+
+def ssh_command(device: str, remote: Sequence[str], *, ssh_options: Sequence[str] = (),
+                connect_timeout: int = 10) -> list[str]:
+    """The local ssh command line that runs `remote` (argv, quoted here for the remote shell)."""
+    destination, port = parse_device(device)
+    cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(connect_timeout)}", *ssh_options]
+    if port is not None:
+        cmd += ["-p", str(port)]
+    return cmd + ["--", destination, " ".join(shlex.quote(a) for a in remote)]
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), 0o644
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _ship_data(tar: tarfile.TarFile, data: str | Path, limit: int | None):
+    """Add the data set's (first `limit`) images; returns (the runner's --data argument, the local data set)."""
+    from edgecnn.data.dataset import ClassificationDataset
+    from edgecnn.data.formats import load_dataset
+
+    dataset = load_dataset(data).subset(limit)
+    if isinstance(dataset, ClassificationDataset):
+        for s in dataset.samples:
+            tar.add(s.path, f"data/{dataset.classes[s.label]}/{s.path.name}", recursive=False)
+        return "data", dataset
+    # Any detection layout travels as COCO JSON: the loader the runner always has, with the same ids.
+    coco = dataset.to_coco()
+    for image, s in zip(coco["images"], dataset.samples):
+        image["file_name"] = f"{s.image_id}-{s.path.name}"
+        tar.add(s.path, f"data/images/{image['file_name']}", recursive=False)
+    _add_bytes(tar, "data/annotations.json", json.dumps(coco).encode())
+    return "data/annotations.json", dataset
+
+
+def package(bundle: Bundle, data: str | Path | None = None, limit: int | None = None):
+    """(tar.gz bytes, the runner's --data argument or None, the local data set or None)."""
+    buf = io.BytesIO()
+    data_arg = dataset = None
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for rel in RUNNER_SOURCES:
+            tar.add(PACKAGE / rel, f"src/edgecnn/{rel}", recursive=False)
+        tar.add(bundle.path / "manifest.json", "bundle/manifest.json", recursive=False)
+        for name in bundle.manifest.files.values():
+            tar.add(bundle.path / name, f"bundle/{name}", recursive=False)
+        if data is not None:
+            data_arg, dataset = _ship_data(tar, data, limit)
+    return buf.getvalue(), data_arg, dataset
+
+
+def run_remote(bundle: str | Path | Bundle, device: str, *, data: str | Path | None = None, runs: int = 50,
+               warmup: int = 5, threads: int | None = None, limit: int | None = None,
+               timeout: float = DEFAULT_TIMEOUT_S, ssh_options: Sequence[str] = (), python: str = "python3",
+               connect_timeout: int = 10) -> dict[str, Any]:
+    """Run the bundle on `device` ("user@host[:port]") with the board runner; its result dict, mode "ssh".
+
+    `python` is the board's interpreter (a venv's python, say); `ssh_options` go to
+    ssh before the destination (e.g. ("-i", "~/.ssh/pi", "-o", "ProxyJump=gw")).
+    """
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    payload, data_arg, dataset = package(b, data, limit)
+    token = secrets.token_hex(8)
+    args = ["bundle", "--runs", str(runs), "--warmup", str(warmup)]
+    args += ["--threads", str(threads)] if threads is not None else []
+    args += ["--data", data_arg] if data_arg is not None else []
+    cmd = ssh_command(device, [python, "-c", BOOT, token, *args], ssh_options=ssh_options,
+                      connect_timeout=connect_timeout)
+    try:
+        done = subprocess.run(cmd, input=payload, capture_output=True, timeout=timeout)
+    except FileNotFoundError:
+        raise ToolError("ssh not found: apt-get install openssh-client") from None
+    except subprocess.TimeoutExpired:
+        _cleanup(device, python, token, ssh_options, connect_timeout)
+        raise ToolError(f"the run on {device} did not finish within {timeout:.0f} s") from None
+    stdout, stderr = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
+    if done.returncode != 0:
+        raise ToolError(_failure(device, python, done.returncode, stderr))
+    try:
+        result = json.loads(stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise ToolError(f"the runner on {device} printed no JSON result: {stdout.strip()[-200:]!r}") from None
+    result.update(mode="ssh", device=device)
+    if dataset is not None and result.get("accuracy") is None and result.get("task") == "detection":
+        from edgecnn.bench.accuracy import coco_map_from_results
+
+        result["accuracy"] = coco_map_from_results(dataset, result.get("predictions") or [])
+    return result
+
+
+def _last(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith("INFO: ")]
+    return lines[-1] if lines else "no message"
+
+
+def _failure(device: str, python: str, code: int, stderr: str) -> str:
+    """One line for a failed remote run, from ssh's exit code and the runner's stderr."""
+    if code == 255:  # ssh's own failure: DNS, refused, timeout, host key, authentication
+        return f"cannot reach {device}: {_last(stderr)}"
+    if code == 127 or "command not found" in stderr or ("No such file or directory" in stderr and python in stderr):
+        return f"{device} has no {python}: install Python 3 there (sudo apt install python3) or pass its path"
+    old = re.search(r"edgecnn-remote: python (\d+\.\d+)", stderr)
+    if code == 3 and old:
+        return (f"{device} has Python {old[1]}; the runner needs {'.'.join(map(str, MIN_PYTHON))} or newer")
+    missing = re.search(r"Error: (?:this bundle|the runner|reading a data set) needs (\S+?): (.+)", stderr)
+    if missing:
+        return f"the board lacks {missing[1]}: {missing[2].strip()} on it"
+    error = re.search(r"^Error: (.+)$", stderr, re.M)
+    if error:
+        return f"on {device}: {error[1]}"
+    return f"the runner failed on {device} (exit {code}): {_last(stderr)}"
+
+
+def _cleanup(device: str, python: str, token: str, ssh_options: Sequence[str], connect_timeout: int) -> None:
+    cmd = ssh_command(device, [python, "-c", CLEANUP, token], ssh_options=ssh_options,
+                      connect_timeout=connect_timeout)
+    try:
+        subprocess.run(cmd, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        pass  # best effort: the board may be gone; the runner removes its folder when it ends

@@ -1,0 +1,200 @@
+"""Run a bundle where it is: latency, memory and (given a data set) accuracy, as one dict.
+
+    from edgecnn.runner.run import run_bundle
+    result = run_bundle("build/a72/mobilenet_v2-int8-tflite", data="val/", runs=50)
+
+The dict uses the bench JSON names (shared/DESIGN.md): latency_ms {mean, p50,
+p90, p99, std}, fps, load_ms, first_inference_ms, peak_rss_mb, size_bytes,
+threads, images, accuracy. Timed runs invoke the model on the same input, already
+fed: they measure the runtime, not image decoding or (de)quantization.
+
+Accuracy of detectors: COCO mAP needs faster-coco-eval. When the board has it,
+mAP is computed here; when not (it is not in the `runner` extra), the result
+carries the detections as COCO results ("predictions") with accuracy null, and
+the PC, which has the same data set, computes mAP (edgecnn.bench.remote does).
+
+Imports: stdlib + numpy + the bundle's runtime; opencv and the data loaders only
+when a data set is given.
+"""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgecnn.artifacts import Bundle, load_bundle
+from edgecnn.errors import DataError, ModelError
+from edgecnn.runner.sessions import RUNNER_HINT, Session, open_session, predict
+from edgecnn.runner.stats import fps, latency_stats
+
+DEFAULT_RUNS = 50
+DEFAULT_WARMUP = 5
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory so far (runtime, model and Python), in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
+
+
+def synthetic_input(bundle: Bundle, seed: int = 0) -> list[np.ndarray]:
+    """A random image per input, normalised like the real ones (without opencv): the latency input."""
+    prep = bundle.manifest.preprocessing
+    rng = np.random.default_rng(seed)
+    arrays = []
+    for spec in bundle.manifest.inputs:
+        shape = [1 if d == -1 else d for d in spec.shape]
+        if spec.layout == "NCHW" and len(shape) == 4:
+            shape = [shape[0], shape[2], shape[3], shape[1]]  # sessions take NHWC images
+        u8 = rng.integers(0, 256, shape).astype(np.float32)
+        scale, offset = np.asarray(prep.get("scale", 1 / 255), np.float32), np.asarray(prep.get("offset", 0.0),
+                                                                                       np.float32)
+        arrays.append((u8 * scale + offset).astype(np.float32))
+    return arrays
+
+
+def _check_counts(runs: int, warmup: int, limit: int | None) -> None:
+    for name, value, least in (("runs", runs, 1), ("warmup", warmup, 0)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise DataError(f"{name} must be an integer >= {least}, got {value!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise DataError(f"limit must be a positive integer, got {limit!r}")
+
+
+def time_session(session: Session, inputs: list[np.ndarray], runs: int, warmup: int) -> dict[str, Any]:
+    """first_inference_ms, then `warmup` untimed and `runs` timed invokes: latency_ms and fps."""
+    session.feed(*inputs)
+    start = time.perf_counter_ns()
+    session.invoke()
+    first = (time.perf_counter_ns() - start) / 1e6
+    for _ in range(warmup):
+        session.invoke()
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        session.invoke()
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+    stats = latency_stats(samples)
+    return {"first_inference_ms": first, "latency_ms": stats, "fps": fps(stats["mean"])}
+
+
+def run_bundle(bundle: str | Path | Bundle, *, data: str | Path | None = None, limit: int | None = None,
+               runs: int = DEFAULT_RUNS, warmup: int = DEFAULT_WARMUP, threads: int | None = None) -> dict[str, Any]:
+    """Load the bundle, time `runs` invokes after `warmup`, and score it on `data` when given.
+
+    `data` is any layout edgecnn.data.formats reads (class folders, COCO JSON, VOC,
+    YOLO txt); `limit` keeps its first N images. Latency uses the first image of
+    `data`, or a random image without it.
+    """
+    _check_counts(runs, warmup, limit)
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    m = b.manifest
+    dataset = _load_data(data, limit) if data is not None else None
+
+    start = time.perf_counter_ns()
+    session = open_session(b, threads)
+    load_ms = (time.perf_counter_ns() - start) / 1e6
+    inputs = synthetic_input(b) if dataset is None else [_prepare(m)(dataset.samples[0].path)[0]]
+    timing = time_session(session, inputs, runs, warmup)
+
+    result: dict[str, Any] = {
+        "model": m.name, "target": m.target, "backend": m.backend, "precision": m.precision,
+        "task": m.task, "pruning": m.pruning, "mode": "native", "threads": session.threads,
+        "images": None, "size_bytes": b.size_bytes, "macs": m.macs,
+        "latency_ms": timing["latency_ms"], "fps": timing["fps"], "load_ms": load_ms,
+        "first_inference_ms": timing["first_inference_ms"], "peak_rss_mb": None,
+        "emulated_instructions": None, "runs": runs, "warmup": warmup, "accuracy": None,
+    }
+    if dataset is not None:
+        result.update(evaluate_bundle(session, dataset))
+    result["peak_rss_mb"] = peak_rss_mb()  # after evaluation: the whole run's peak
+    return result
+
+
+def _load_data(data: str | Path, limit: int | None):
+    try:
+        from edgecnn.data.formats import load_dataset
+    except ImportError as e:  # opencv: only needed to decode images
+        package = "opencv-python-headless" if e.name in (None, "cv2") else e.name
+        raise ModelError(f"reading a data set needs {package}: {RUNNER_HINT}") from None
+    dataset = load_dataset(data).subset(limit)
+    if len(dataset) == 0:
+        raise DataError(f"{data}: the data set has no images")
+    return dataset
+
+
+def _prepare(manifest):
+    from edgecnn.data.preprocess import Preprocessing
+
+    return Preprocessing.from_dict(manifest.preprocessing)
+
+
+def _label_map(model_classes: list[str] | None, data_classes: list[str], data: str) -> np.ndarray | None:
+    """Model class index -> data set class index (-1: a class the data set lacks); None when identical."""
+    if not model_classes or list(model_classes) == list(data_classes):
+        return None
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        raise DataError(f"{data}: class(es) {', '.join(unknown)} are not among the model's {list(model_classes)}")
+    return np.array([data_classes.index(c) if c in data_classes else -1 for c in model_classes], np.int64)
+
+
+def evaluate_bundle(session: Session, dataset) -> dict[str, Any]:
+    """{"images", "accuracy", "predictions"} of a session on a loaded data set."""
+    m = session.manifest
+    prep = _prepare(m)
+    mapping = _label_map(m.classes, dataset.classes, dataset.name or "data set")
+    if m.task == "classification":
+        scores = np.concatenate([predict(session, prep(s.path)[0])[0].reshape(1, -1) for s in dataset.samples])
+        labels = np.array([s.label for s in dataset.samples])
+        if mapping is not None:  # the data set's labels in the model's class order
+            labels = np.array([int(np.flatnonzero(mapping == label)[0]) for label in labels])
+        from edgecnn.bench.accuracy import topk_accuracy
+
+        top = np.argsort(-scores, axis=1)[:, :5]
+        # top5: class indices in the manifest's class order
+        predictions = [{"image": s.path.name, "top5": [int(v) for v in row]} for s, row in zip(dataset.samples, top)]
+        return {"images": len(dataset), "accuracy": topk_accuracy(labels, scores), "predictions": predictions}
+    if m.task != "detection":
+        raise ModelError(f"manifest: task {m.task!r} is not supported (classification or detection)")
+    detections = _detect(session, dataset, prep, mapping)
+    from edgecnn.bench.accuracy import coco_results
+
+    results = coco_results(dataset, detections)
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:
+        return {"images": len(dataset), "accuracy": None, "predictions": results}
+    from edgecnn.bench.accuracy import coco_map_from_results
+
+    return {"images": len(dataset), "accuracy": coco_map_from_results(dataset, results), "predictions": results}
+
+
+def _detect(session: Session, dataset, prep, mapping: np.ndarray | None) -> list:
+    from edgecnn.runner.postprocess import Detections, postprocess_yolo
+
+    m = session.manifest
+    if not m.head or not m.classes:
+        raise ModelError("manifest: a detection bundle needs head (anchors) and classes")
+    post = dict(m.postprocess or {})
+    kind = post.pop("kind", "yolo_region")
+    if kind != "yolo_region":
+        raise ModelError(f"manifest: postprocess kind {kind!r} is not supported (yolo_region)")
+    size = tuple(m.preprocessing["size"])
+    out = []
+    for s in dataset.samples:
+        batch, transform = prep(s.path)
+        raw = predict(session, batch)[0][0]
+        det = postprocess_yolo(raw, m.head["anchors"], len(m.classes), size, **post)
+        boxes, scores, labels = transform.boxes_to_original(det.boxes), det.scores, det.labels
+        if mapping is not None:
+            labels = mapping[labels]
+            keep = labels >= 0
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+        out.append(Detections(np.asarray(boxes, np.float32).reshape(-1, 4), scores, labels))
+    return out

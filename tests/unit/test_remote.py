@@ -1,0 +1,212 @@
+"""edgecnn.bench.remote against a real sshd on loopback: success, unreachable host, wrong key,
+a board without the runtime or without Python, and a run past its timeout.
+
+The "board" is this machine: sshd runs as the current user on a free port with
+throw-away host and client keys, and the remote Python is this interpreter
+(which has numpy and the runtimes). When sshd cannot start the tests fail:
+tools/apt-packages.txt lists openssh-server and openssh-client.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bundle_fixtures as BF  # noqa: E402
+import quantize_fixtures as QF  # noqa: E402
+
+from edgecnn.bench.remote import parse_device, run_remote, ssh_command  # noqa: E402
+from edgecnn.errors import DataError, ToolError  # noqa: E402
+
+# A sitecustomize that makes ai_edge_litert unimportable: a board where the runtime was never installed.
+NO_LITERT = """
+import sys
+
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name == "ai_edge_litert" or name.startswith("ai_edge_litert."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "edgecnn-test", "-f", str(path)],
+                   check=True, capture_output=True)
+
+
+def _ssh_config(path: Path, key: Path, known: Path) -> Path:
+    path.write_text(f"Host 127.0.0.1\n  IdentityFile {key}\n  IdentitiesOnly yes\n  UserKnownHostsFile {known}\n"
+                    f"  StrictHostKeyChecking accept-new\n  LogLevel ERROR\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    """A running sshd on 127.0.0.1 that lets the current user in with a fresh key."""
+    binary = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not os.path.exists(binary) or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        pytest.fail("sshd/ssh not installed: apt-get install openssh-server openssh-client "
+                    "(tools/apt-packages.txt)", pytrace=False)
+    d = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key", "other_key"):
+        _keygen(d / name)
+    shutil.copy(d / "client_key.pub", d / "authorized_keys")
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nPidFile {d / 'sshd.pid'}\n"
+        f"AuthorizedKeysFile {d / 'authorized_keys'}\nStrictModes no\nPubkeyAuthentication yes\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nPermitRootLogin prohibit-password\n"
+        "LogLevel ERROR\n")
+    if os.geteuid() == 0:
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+    proc = subprocess.Popen([binary, "-D", "-e", "-f", str(d / "sshd_config")], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 10
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"sshd did not start: {proc.stderr.read().strip()[-300:]}", pytrace=False)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"sshd did not listen on port {port} within 10 s", pytrace=False)
+            time.sleep(0.1)
+    user = getpass.getuser()
+    config = _ssh_config(d / "ssh_config", d / "client_key", d / "known_hosts")
+    try:
+        yield SimpleNamespace(port=port, dir=d, device=f"{user}@127.0.0.1:{port}", options=("-F", str(config)),
+                              user=user)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    return BF.build_bundles(tmp_path_factory.mktemp("bundles"))
+
+
+def test_device_strings():
+    assert parse_device("pi@raspberrypi.local") == ("pi@raspberrypi.local", None)
+    assert parse_device("pi@10.0.0.7:2222") == ("pi@10.0.0.7", 2222)
+    assert parse_device("board") == ("board", None)
+    assert parse_device("pi@[fe80::1]:22") == ("pi@fe80::1", 22)
+    for bad in ("", "-oProxyCommand=x", "pi@", "pi@host:0", "pi@host:port", "a b"):
+        with pytest.raises(DataError, match="is not user@host"):
+            parse_device(bad)
+    cmd = ssh_command("pi@h:2", ["python3", "-c", "print('x y')"], ssh_options=("-i", "k"))
+    assert cmd[:5] == ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
+    assert cmd[5:7] == ["-i", "k"] and cmd[-5:-1] == ["-p", "2", "--", "pi@h"]
+    assert cmd[-1] == "python3 -c 'print('\"'\"'x y'\"'\"')'"
+
+
+def test_runs_on_the_board_and_scores_the_data(sshd, bundles, tmp_path):
+    val = QF.make_val(tmp_path / "val")
+    result = run_remote(bundles["tflite-int8"], sshd.device, data=val, runs=5, warmup=1, threads=1,
+                        ssh_options=sshd.options, python=sys.executable, timeout=60)
+    assert result["mode"] == "ssh" and result["device"] == sshd.device
+    assert result["backend"] == "tflite" and result["precision"] == "int8" and result["threads"] == 1
+    assert set(result["latency_ms"]) == {"mean", "p50", "p90", "p99", "std"} and result["fps"] > 0
+    assert result["images"] == 13 and result["accuracy"]["metric"] == "top1"
+    assert result["accuracy"]["top1"] == pytest.approx(12 / 13)  # d_none is never the top class
+    assert not list(Path("/tmp").glob("edgecnn-run-*")), "the remote folder was not removed"
+
+
+def test_detector_map_is_computed_here_when_the_board_cannot(sshd, bundles, tmp_path):
+    coco = BF.make_detection_set(tmp_path / "det")
+    blocker = tmp_path / "no-coco-eval"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NO_LITERT.replace("ai_edge_litert", "faster_coco_eval"))
+    python = _wrapper(tmp_path / "python-no-coco-eval", f"PYTHONPATH={blocker}", sys.executable)
+    result = run_remote(bundles["tflite-det"], sshd.device, data=coco, runs=2, warmup=0, limit=3,
+                        ssh_options=sshd.options, python=str(python), timeout=60)
+    assert result["images"] == 3 and result["predictions"]
+    assert result["accuracy"]["metric"] == "map50_95" and result["accuracy"]["map50"] > 0
+
+
+def _wrapper(path: Path, env: str, python: str) -> Path:
+    path.write_text(f"#!/bin/sh\n{env} exec {python} \"$@\"\n")
+    path.chmod(0o755)
+    return path
+
+
+def test_unreachable_board_is_one_line(sshd, bundles):
+    closed = _free_port()
+    with pytest.raises(ToolError, match=rf"^cannot reach {sshd.user}@127.0.0.1:{closed}: .*Connection refused"):
+        run_remote(bundles["tflite-fp32"], f"{sshd.user}@127.0.0.1:{closed}", runs=1, warmup=0,
+                   ssh_options=sshd.options, python=sys.executable, timeout=30)
+
+
+def test_wrong_key_is_an_authentication_error(sshd, bundles):
+    config = _ssh_config(sshd.dir / "ssh_config_other", sshd.dir / "other_key", sshd.dir / "known_hosts")
+    with pytest.raises(ToolError, match=r"^cannot reach .*: .*Permission denied \(publickey\)"):
+        run_remote(bundles["tflite-fp32"], sshd.device, runs=1, warmup=0, ssh_options=("-F", str(config)),
+                   python=sys.executable, timeout=30)
+
+
+def test_board_without_the_runtime(sshd, bundles, tmp_path):
+    blocker = tmp_path / "no-litert"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(NO_LITERT)
+    python = _wrapper(tmp_path / "python-no-litert", f"PYTHONPATH={blocker}", sys.executable)
+    with pytest.raises(ToolError) as err:
+        run_remote(bundles["tflite-fp32"], sshd.device, runs=1, warmup=0, ssh_options=sshd.options,
+                   python=str(python), timeout=60)
+    assert str(err.value) == "the board lacks ai-edge-litert: pip install 'edgecnn[runner]' on it"
+    # The same board runs an ONNX bundle: only the missing runtime was the problem.
+    ok = run_remote(bundles["onnx-fp32"], sshd.device, runs=1, warmup=0, ssh_options=sshd.options,
+                    python=str(python), timeout=60)
+    assert ok["backend"] == "onnx"
+
+
+def test_board_without_python(sshd, bundles):
+    with pytest.raises(ToolError, match=r"has no /nonexistent/python3: install Python 3"):
+        run_remote(bundles["tflite-fp32"], sshd.device, runs=1, warmup=0, ssh_options=sshd.options,
+                   python="/nonexistent/python3", timeout=30)
+
+
+def test_bad_bundle_on_the_board_is_one_line(sshd, bundles, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(bundles["tflite-fp32"], broken)
+    (broken / "model.tflite").write_bytes(b"not a flatbuffer" * 4)
+    with pytest.raises(ToolError, match=rf"^on {sshd.device}: LiteRT cannot load bundle/model.tflite"):
+        run_remote(broken, sshd.device, runs=1, warmup=0, ssh_options=sshd.options, python=sys.executable,
+                   timeout=30)
+
+
+def test_timeout_stops_the_runner_and_removes_its_folder(sshd, bundles, tmp_path):
+    hang = tmp_path / "hang"
+    hang.mkdir()  # the runner (it runs in edgecnn-run-*) hangs; the bootstrap around it does not
+    (hang / "sitecustomize.py").write_text("import os, time\nif 'edgecnn-run-' in os.getcwd():\n    time.sleep(60)\n")
+    python = _wrapper(tmp_path / "python-hangs", f"PYTHONPATH={hang}", sys.executable)
+    before = set(Path("/tmp").glob("edgecnn-run-*"))
+    started = time.monotonic()
+    with pytest.raises(ToolError, match=rf"^the run on {sshd.device} did not finish within 3 s"):
+        run_remote(bundles["tflite-fp32"], sshd.device, runs=1, warmup=0, ssh_options=sshd.options,
+                   python=str(python), timeout=3)
+    assert time.monotonic() - started < 15
+    deadline = time.monotonic() + 10
+    while set(Path("/tmp").glob("edgecnn-run-*")) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not set(Path("/tmp").glob("edgecnn-run-*")) - before, "the remote folder was left behind"
