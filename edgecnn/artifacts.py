@@ -85,7 +85,8 @@ class Manifest:
     macs: int | None = None
     params: int | None = None
     tools: dict[str, str] = field(default_factory=dict)  # package -> version, for every tool used
-    verification: dict[str, Any] = field(default_factory=dict)  # e.g. {"host": {"max_abs_diff", "cosine"}}
+    verification: dict[str, Any] = field(default_factory=dict)  # {"status", "mode", "max_abs_diff", "cosine", ...}
+    build: dict[str, Any] = field(default_factory=dict)  # how it was built: {"tvm_target", "tuning": {...}}
     cache_key: str = ""
     format_version: int = FORMAT_VERSION
 

@@ -281,6 +281,244 @@ def emulator_status(fmt: str) -> None:
 # ---------------------------------------------------------------------------- entry point
 
 
+# ---------------------------------------------------------------------------- bench
+
+_BENCH_FORMATS = ("table", "json", "md", "csv")
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@cli.command("bench")
+@click.option("--target", required=True, help="Target name, alias or TOML file (see `edgecnn targets`).")
+@click.option("--model", "models", multiple=True,
+              help="Zoo model or model file; repeat for several [default: the demo models].")
+@click.option("--backend", default=None, help="Comma-separated: tflite,onnx,tvm [default: the target's preferred].")
+@click.option("--precision", default="fp32,int8", show_default=True, help="Comma-separated: fp32,fp16,int8.")
+@click.option("--prune", default=None, help="Comma-separated pruning variants, e.g. none,channel:0.3.")
+@click.option("--weights", default="demo", show_default=True, help="Zoo models: demo, random or a weights file.")
+@click.option("--data", type=click.Path(), default=None,
+              help="Labelled data set (COCO JSON, VOC, YOLO txt, class folders) [default: the demo val split].")
+@click.option("--device", default=None, help="Bench on a board over SSH: user@host[:port].")
+@click.option("--emulate", is_flag=True, default=None, help="Run under qemu with the target's core.")
+@click.option("--limit", type=int, default=None, help="Evaluate on the first N images only.")
+@click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per variant.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads [default: target cores].")
+@click.option("--baseline", type=click.Path(), default=None, help="Bench JSON to compare with; exit 1 on regression.")
+@click.option("--max-map-drop", type=float, default=0.5, show_default=True, help="Points of mAP allowed to drop.")
+@click.option("--max-top1-drop", type=float, default=0.5, show_default=True, help="Points of top-1 allowed to drop.")
+@click.option("--max-latency-increase", default="10%", show_default=True, help="Allowed p50 latency increase.")
+@click.option("--max-instructions-increase", default="2%", show_default=True,
+              help="Allowed emulated instruction-count increase.")
+@click.option("--format", "fmt", type=click.Choice(_BENCH_FORMATS), default="table", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Accuracy vs latency PNG (Pareto front).")
+def bench_cmd(target, models, backend, precision, prune, weights, data, device, emulate, limit, runs, warmup, threads,
+              baseline, max_map_drop, max_top1_drop, max_latency_increase, max_instructions_increase, fmt, output,
+              plot) -> None:
+    """Benchmark models on a target: latency percentiles, FPS, accuracy; native, emulated or over SSH."""
+    from edgecnn import report
+    from edgecnn.bench.baseline import Thresholds, compare, load_baseline
+    from edgecnn.bench.pipeline import bench, make_plan
+
+    thresholds = Thresholds(max_map_drop, max_top1_drop, _percent(max_latency_increase, "--max-latency-increase"),
+                            _percent(max_instructions_increase, "--max-instructions-increase"))
+    base = load_baseline(baseline) if baseline else None  # a bad baseline fails before minutes of work
+    plan = make_plan(target, models=list(models) or None, backends=_csv_list(backend),
+                     precisions=_csv_list(precision), prunes=_csv_list(prune), device=device, emulate=emulate,
+                     data=data, limit=limit, runs=runs, warmup=warmup, threads=threads, weights=weights)
+    doc = _run_with_progress(plan, bench, quiet=fmt != "table" and output is None)
+    text = report.render(doc, "md" if fmt == "table" else fmt)
+    if output:
+        from edgecnn.paths import atomic_write_bytes
+
+        atomic_write_bytes(__import__("pathlib").Path(output), text.encode())
+    if fmt == "table":
+        _console().print(report.rich_table(doc))
+        for note in doc.get("notes", []):
+            click.echo(f"Note: {note}", err=True)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
+    if plot:
+        report.plot(doc, plot)
+    if base is not None:
+        regressions = compare(doc["results"], base, thresholds, target=doc["target"])
+        if regressions:
+            for r in regressions:
+                click.echo(f"Regression: {r}", err=True)
+            raise _Regressed(f"{len(regressions)} regression(s) against {baseline}")
+        click.echo(f"No regression against {baseline} ({len(base['results'])} variants).", err=True)
+
+
+class _Regressed(EdgecnnError):
+    """The bench run is worse than its baseline."""
+
+
+def _percent(text: str, option: str) -> float:
+    try:
+        return float(str(text).strip().rstrip("%"))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a percentage like 10%", param_hint=option) from None
+
+
+def _run_with_progress(plan, bench, quiet: bool) -> dict:
+    """bench() with a progress bar on stderr (one step per variant), silent for machine-readable output."""
+    if quiet:
+        return bench(plan)
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"bench {plan.target.name} ({plan.mode.value})", total=len(plan.variants))
+        return bench(plan, log=lambda msg: progress.update(task, description=msg),
+                     on_row=lambda row: progress.advance(task))
+
+
+# ---------------------------------------------------------------------------- prune
+
+# Literal lists keep `edgecnn --help` light; tests/unit/test_prune.py checks them against the enums.
+_PRUNE_METHODS = ("channel", "magnitude")
+_PRUNE_IMPORTANCE = ("l1", "l2", "bn")
+_PRUNE_SCOPES = ("global", "layer")
+
+
+@cli.command("prune")
+@click.argument("model")
+@click.option("--method", type=click.Choice(_PRUNE_METHODS), required=True,
+              help="channel: remove whole channels (faster everywhere); magnitude: zero single weights (smaller).")
+@click.option("--ratio", type=float, required=True,
+              help="channel: share of prunable channels removed; magnitude: target sparsity (0 < R < 1).")
+@click.option("--importance", type=click.Choice(_PRUNE_IMPORTANCE), default="l1", show_default=True,
+              help="Channel ranking: filter L1/L2 norm or batch-norm |gamma|.")
+@click.option("--scope", type=click.Choice(_PRUNE_SCOPES), default="global", show_default=True,
+              help="One ranking over all layers, or the same ratio per layer.")
+@click.option("--finetune-epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs (0: none).")
+@click.option("--data", type=click.Path(), default=None,
+              help="Labelled training data (class folders, COCO JSON, VOC, YOLO txt) [default: demo train split].")
+@click.option("--val", type=click.Path(), default=None,
+              help="Labelled held-out data for accuracy [default: demo val split].")
+@click.option("--weights", default="demo", show_default=True,
+              help="Zoo models: demo, random, imagenet or a .weights.h5 file.")
+@click.option("--max-drop", type=float, default=None, help="Allowed accuracy drop in points; past it: error.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="LiteRT threads for the before/after latency.")
+@click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False),
+              help="Folder for <model>-pruned.keras and <model>-pruned.json.")
+@FORMAT_OPTION
+def prune_cmd(model, method, ratio, importance, scope, finetune_epochs, data, val, weights, max_drop, threads,
+              output_dir, fmt) -> None:
+    """Prune MODEL (zoo name or .keras/.h5 file with its .json sidecar), fine-tune, and measure it."""
+    from edgecnn.prune import prune
+
+    def log(msg: str) -> None:
+        if fmt != OutputFormat.JSON.value:
+            click.echo(f"  {msg}", err=True)
+
+    r = prune(model, method, ratio, importance=importance, scope=scope, finetune_epochs=finetune_epochs,
+              data=data, val=val, weights=weights, output_dir=output_dir, max_drop=max_drop, threads=threads,
+              log=log)
+    if fmt == OutputFormat.JSON.value:
+        _print_json(r.to_dict())
+        return
+    from rich.table import Table
+
+    from edgecnn.quantize.validate import describe_accuracy
+
+    for note in r.warnings:
+        click.echo(f"Warning: {note}", err=True)
+    lat = r.latency
+    table = Table(title=f"{r.source} -> {r.method} pruning {r.ratio:g}")
+    for col in ("", "before", "after", "change"):
+        table.add_column(col, justify="left" if not col else "right")
+    pct = lambda a, b: f"{(b / a - 1) * 100:+.1f}%" if a else "-"  # noqa: E731
+    table.add_row("params", f"{r.params['before']:,}", f"{r.params['after']:,}",
+                  pct(r.params["before"], r.params["after"]))
+    table.add_row("MACs", _fmt_count(r.macs["before"]), _fmt_count(r.macs["after"]),
+                  pct(r.macs["before"], r.macs["after"]))
+    size = r.size_bytes
+    table.add_row("TFLite fp32 bytes", f"{size['tflite_before']:,}", f"{size['tflite_after']:,}",
+                  pct(size["tflite_before"], size["tflite_after"]))
+    table.add_row("TFLite gzip bytes", f"{size['tflite_gzip_before']:,}", f"{size['tflite_gzip_after']:,}",
+                  pct(size["tflite_gzip_before"], size["tflite_gzip_after"]))
+    if r.sparsity:
+        t = r.sparsity["tflite"]
+        table.add_row("sparsity", "0", f"{r.sparsity['achieved']:.3f}", f"{t['sparse_tensors']} sparse tensors")
+        table.add_row("sparse-encoded bytes", "-", f"{t['sparse_tflite_bytes']:,}", "")
+    if r.accuracy:
+        table.add_row("accuracy", describe_accuracy(r.task, r.accuracy["before"]),
+                      describe_accuracy(r.task, r.accuracy["after"]), f"-{r.accuracy['drop_points']:.2f} pts")
+    table.add_row(f"latency p50 ms ({lat['threads']} thr)", f"{lat['before']['p50']:.3f}",
+                  f"{lat['after']['p50']:.3f}", f"{lat['speedup']:.2f}x")
+    table.add_row("FPS", f"{lat['fps']['before']:.1f}", f"{lat['fps']['after']:.1f}", "")
+    _console().print(table)
+    click.echo(f"written: {r.output}, {r.report}")
+
+
+# ---------------------------------------------------------------------------- compile
+
+# artifacts is standard library only: cheap enough for `edgecnn --help`.
+from edgecnn.artifacts import Backend as _Backend  # noqa: E402
+from edgecnn.artifacts import Precision as _Precision  # noqa: E402
+
+
+@cli.command("compile")
+@click.argument("model")
+@click.option("--target", required=True, help="Target name, alias or TOML file (see `edgecnn targets`).")
+@click.option("--backend", type=click.Choice([b.value for b in _Backend]), default=None,
+              help="Runtime to compile for [default: the target's first runtime].")
+@click.option("--precision", type=click.Choice([p.value for p in _Precision]), default="fp32", show_default=True,
+              help="fp16: tflite float16 weights; int8: tflite/onnx through edgecnn quantize, or an int8 file.")
+@click.option("--tune", is_flag=True, help="TVM: tune with MetaSchedule (host only; records kept and reused).")
+@click.option("--trials", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Total MetaSchedule trials for the tuning database of this model and target.")
+@click.option("--calib", default=None,
+              help="Calibration set for int8 (name under calibration/ or folder) [default: demo-<task> for demo models].")
+@click.option("--weights", default="demo", show_default=True,
+              help="Zoo models: demo, random, imagenet or a .weights.h5 file.")
+@click.option("--no-verify", is_flag=True, help="Skip comparing the bundle's outputs with the source model.")
+@click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False),
+              help="The bundle folder to write (model file(s) + manifest.json).")
+@FORMAT_OPTION
+def compile_cmd(model, target, backend, precision, tune, trials, calib, weights, no_verify, output_dir, fmt) -> None:
+    """Compile MODEL (zoo name, .keras/.h5, .onnx or .tflite) for a target into a verified bundle."""
+    from edgecnn.compile import compile_model
+
+    def log(msg: str) -> None:
+        if fmt != OutputFormat.JSON.value:
+            click.echo(f"  {msg}", err=True)
+
+    result = compile_model(model, target, backend=backend, precision=precision, output_dir=output_dir, tune=tune,
+                           trials=trials, calib=calib, weights=weights, verify=not no_verify, log=log)
+    if fmt == OutputFormat.JSON.value:
+        _print_json(result.to_dict())
+        return
+    from rich.table import Table
+
+    m = result.bundle.manifest
+    ver = m.verification
+    table = Table(title=f"{m.name} -> {m.target} {m.backend} {m.precision}", show_header=False)
+    table.add_column("key", style="bold")
+    table.add_column("value")
+    table.add_row("bundle", f"{result.bundle.path} ({result.bundle.size_bytes:,} bytes)")
+    table.add_row("files", ", ".join(f"{role}: {name}" for role, name in m.files.items()))
+    table.add_row("arch", m.arch + (f" (ELF {ver['elf']['machine']} checked)" if "elf" in ver else ""))
+    table.add_row("runtime", json.dumps(m.runtime))
+    if ver.get("status") == "skipped":
+        table.add_row("verification", f"skipped: {ver['reason']}")
+    else:
+        table.add_row("verification", f"{ver['status']} ({ver['mode']}, {ver['images']} images): max |diff| "
+                                      f"{ver['max_abs_diff']:g}, cosine {ver['cosine']:.5f}")
+    if "tuning" in m.build:
+        tun = m.build["tuning"]
+        table.add_row("tuning", f"{tun['records']} records ({tun['records_before']} reused), {tun['database']}")
+    table.add_row("cache", f"{'reused' if result.cached else 'built'} in {result.seconds:.1f} s, key {m.cache_key}")
+    _console().print(table)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one `Error: ...` line for anything the user can fix."""
     # TensorFlow's C++ start-up chatter (CPU feature notes, absl warnings) is noise on a CLI.

@@ -1,0 +1,182 @@
+"""Compile a model for a target into a bundle: model file(s) plus manifest.json, ready for the runner.
+
+    from edgecnn.compile import compile_model
+    result = compile_model("yolo_lite", "a72", backend="tvm", output_dir="build/yolo-a72-tvm")
+    result.bundle.path, result.bundle.manifest.verification, result.cached
+
+One function does the whole stage: resolve the target and the backend (default:
+the target's first runtime), load the source model with its data contract,
+look the content-hash key up in the bundle cache, else build with the backend
+(COMPILERS), check the ELF machine of any library, compare outputs with the
+source model on real images, and write the manifest. The bundle is built under
+a temporary name in the cache and copied to `output_dir` the same way, so an
+interrupted compile leaves nothing that looks like a bundle.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+from edgecnn.artifacts import Backend, Bundle, Manifest, Precision, write_manifest
+from edgecnn.compile import cache
+from edgecnn.compile.tune import DEFAULT_TRIALS
+from edgecnn.errors import EdgecnnError, TargetError
+
+__all__ = ["COMPILERS", "CompileResult", "DEFAULT_TRIALS", "compile_model", "compiler"]
+
+# Backend name -> module with check(job), tools(job), build(job, out, work) and a host runner.
+# A new backend is one module plus one line here.
+COMPILERS: dict[str, str] = {
+    Backend.TFLITE.value: "edgecnn.compile.tflite",
+    Backend.ONNX.value: "edgecnn.compile.onnx",
+    Backend.TVM.value: "edgecnn.compile.tvm",
+}
+POSTPROCESS_YOLO = {"kind": "yolo_region", "conf_threshold": 0.005, "iou_threshold": 0.45, "max_detections": 100}
+
+
+@dataclass
+class CompileResult:
+    """What compile_model produced; to_dict() is what `edgecnn compile --format json` prints."""
+
+    bundle: Bundle
+    cached: bool  # True: reused from cache_dir("bundles"), nothing was rebuilt
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {"bundle": str(self.bundle.path), "cached": self.cached, "seconds": round(self.seconds, 2),
+                "size_bytes": self.bundle.size_bytes, "manifest": self.bundle.manifest.to_dict()}
+
+
+def compiler(backend: str) -> ModuleType:
+    """The backend module registered under `backend`; EdgecnnError naming the known ones."""
+    if backend not in COMPILERS:
+        raise EdgecnnError(f"unknown backend {backend!r}; known: {', '.join(COMPILERS)}")
+    return importlib.import_module(COMPILERS[backend])
+
+
+def compile_model(model: str | Path, target, *, backend: str | None = None, precision: str = "fp32",
+                  output_dir: str | Path | None = None, tune: bool = False, trials: int = DEFAULT_TRIALS,
+                  calib: str | Path | None = None, weights: str | Path = "demo", verify: bool = True,
+                  log: Callable[[str], None] | None = None) -> CompileResult:
+    """Compile `model` for `target` into a verified bundle; reuse the cached one when nothing changed.
+
+    model: zoo reference (NAME or NAME:key=value; `weights` demo/random/imagenet/.weights.h5), a
+    .keras/.h5 file, an .onnx or a .tflite file (files take preprocessing etc. from a <model>.json
+    sidecar). target: a name, alias, .toml path or Target. backend: tflite | onnx | tvm, default the
+    target's first runtime. precision: fp32 | fp16 (tflite) | int8 (tflite, onnx; through
+    edgecnn.quantize, or an already-int8 file). tune/trials: MetaSchedule for tvm on the host.
+    calib: calibration set for int8 (default for demo models: demo-<task>), also the verification
+    images. output_dir: where the bundle folder goes (default: it stays in the cache).
+    """
+    from edgecnn.compile.job import Job, load_source
+    from edgecnn.targets import Target, get_target
+
+    started = time.perf_counter()
+    say = log or (lambda _msg: None)
+    t = target if isinstance(target, Target) else get_target(str(target))
+    backend = backend or t.runtimes[0]
+    comp = compiler(backend)
+    if backend not in t.runtimes:
+        raise TargetError(f"target {t.name} cannot run the {backend} backend (its runtimes: {', '.join(t.runtimes)})")
+    if precision not in {p.value for p in Precision}:
+        raise EdgecnnError(f"unknown precision {precision!r}; known: {', '.join(p.value for p in Precision)}")
+    if tune and backend != Backend.TVM.value:
+        raise EdgecnnError(f"--tune tunes TVM kernels; the {backend} backend has nothing to tune (use --backend tvm)")
+    if output_dir is not None:
+        cache.check_output_dir(Path(output_dir))
+    say(f"loading {model}")
+    source = load_source(model, weights)
+    job = Job(source, t, backend, precision, calib, tune, trials, say)
+    comp.check(job)
+    key = cache.bundle_key(_key_parts(job, comp))
+    bundle, cached = cache.lookup(key), True
+    if bundle is None:
+        cached = False
+        with cache.building(key) as folder, tempfile.TemporaryDirectory(prefix="edgecnn-compile-") as work:
+            _build(job, comp, key, folder, Path(work), verify)
+        bundle = cache.lookup(key)
+        if bundle is None:  # the folder was renamed into place a moment ago
+            raise EdgecnnError(f"bundle {cache.bundle_path(key)} vanished right after it was written")
+    else:
+        say(f"cached bundle {bundle.path}")
+    if output_dir is not None:
+        bundle = cache.copy_out(bundle, Path(output_dir))
+    return CompileResult(bundle, cached, time.perf_counter() - started)
+
+
+def _key_parts(job, comp) -> dict:
+    """Everything that decides the bundle's bytes (cache.bundle_key adds the compile code version)."""
+    parts = {"source": job.source.sha256, "backend": job.backend, "precision": job.precision,
+             "target": {k: v for k, v in job.target.to_dict().items() if k != "source"},
+             "tools": comp.tools(job), "verify_images": str(job.calib) if job.calib else None}
+    if job.backend == Backend.TVM.value:
+        from edgecnn.compile.tvm import tvm_target_dict
+
+        parts["tvm_target"] = tvm_target_dict(job.target)  # the host's CPU is part of what gets built
+        if job.tune:
+            from edgecnn.compile.tune import database_state, tuning_dir
+
+            folder = tuning_dir(job.source.sha256, parts["tvm_target"])
+            parts["tuning"] = {"trials": job.trials, "database": database_state(folder)}
+    if job.precision == Precision.INT8.value and job.source.precision != Precision.INT8.value:
+        from edgecnn.artifacts import file_sha256
+
+        # The quantizer's code and calibration images decide the int8 bytes too.
+        parts["quantize_code"] = file_sha256(Path(__file__).resolve().parent.parent / "quantize")
+        parts["calib"] = _calib_digest(job)
+    return parts
+
+
+def _calib_digest(job) -> str:
+    from edgecnn.data.calibration import load_calibration_set
+
+    calib = job.calib if job.calib is not None else f"demo-{job.source.task}"
+    try:
+        cset = load_calibration_set(calib)
+    except EdgecnnError:
+        return str(calib)  # quantize() reports it with its own message
+    return cset.name + ":" + ",".join(f"{p.name}:{p.stat().st_size}" for p in cset.images)
+
+
+def _build(job, comp, key: str, folder: Path, work: Path, verify: bool) -> None:
+    """Build into `folder` (a temporary name until the caller's block ends), verify, write the manifest."""
+    from edgecnn.compile import verify as v
+
+    src, t = job.source, job.target
+    built = comp.build(job, folder, work)
+    checks: dict = {}
+    elf = v.check_elf(folder, built.files, t.arch)
+    if elf:
+        checks["elf"] = elf
+    if not verify:
+        checks.update(v.skipped("verify=False (--no-verify)"))
+    else:
+        if hasattr(comp, "runner_for"):
+            mode, run, reason = comp.runner_for(folder, built, t)
+        else:  # .tflite / .onnx: the same bytes on every machine, so the host checks the board's file
+            mode, run, reason = "host", comp.host_runner(folder, built), ""
+        if run is None:
+            job.log(f"verification skipped: {reason}")
+            checks.update(v.skipped(reason))
+        else:
+            job.log(f"verifying outputs against the source model ({mode})")
+            count = v.EMULATED_IMAGES if mode == "emulated" else v.HOST_IMAGES
+            checks.update(v.verify_outputs(job, built, run, mode, count))
+            if mode == "host" and not t.is_host and not elf:
+                checks["note"] = f"portable {job.backend} file: verified on this machine with the bytes {t.name} loads"
+    checks.update({k: built.build[k] for k in ("quantization",) if k in built.build})
+    manifest = Manifest(
+        name=src.name, target=t.name, arch=t.arch, backend=job.backend, precision=job.precision,
+        files=built.files, inputs=built.inputs, outputs=built.outputs, task=src.task,
+        preprocessing=src.preprocessing.to_dict(), classes=src.classes, head=src.head,
+        postprocess=dict(POSTPROCESS_YOLO) if src.task == "detection" else None, runtime=built.runtime,
+        source={"ref": src.ref, "format": src.kind, "sha256": src.sha256, "weights": src.weights},
+        macs=src.macs, params=src.params, tools=built.tools, verification=checks, cache_key=key,
+        build={k: val for k, val in built.build.items() if k != "quantization"})
+    write_manifest(folder, manifest)

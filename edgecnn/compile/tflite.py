@@ -1,0 +1,97 @@
+"""TFLite backend: a .tflite flatbuffer run by LiteRT with the XNNPACK delegate.
+
+fp32 and fp16 come from TensorFlow's converter (fp16: float16 weights, which
+XNNPACK computes in fp32 or, on cores with fp16 arithmetic, in fp16); int8
+comes from edgecnn.quantize (full-integer, calibrated and validated). A given
+.tflite file is bundled as it is. The flatbuffer is the same on every machine,
+so the bundle is verified on the host with the very bytes the board loads.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.artifacts import TensorSpec
+from edgecnn.compile.cache import tool_versions
+from edgecnn.compile.job import Built, Job, check_file_precision
+from edgecnn.errors import ModelError
+
+MODEL_FILE = "model.tflite"
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def check(job: Job) -> None:
+    """Refuse what this backend cannot build, before any heavy work."""
+    if job.source.kind == "onnx":
+        raise ModelError(f"the tflite backend converts Keras models; {job.source.ref} is ONNX: use --backend onnx "
+                         "or --backend tvm")
+    check_file_precision(job.source, job.precision, "tflite")
+
+
+def tools(job: Job) -> dict[str, str]:
+    dists = ["ai-edge-litert"] + (["tensorflow", "tensorflow-cpu"] if job.source.kind == "keras" else [])
+    return tool_versions(dists)
+
+
+def build(job: Job, out: Path, work: Path) -> Built:
+    """Write model.tflite into `out` and describe it."""
+    from edgecnn.quantize import tflite as q
+
+    src, info = job.source, {}
+    if src.kind == "tflite":
+        shutil.copyfile(src.path, out / MODEL_FILE)
+    elif job.precision == "int8":
+        path, info = _quantized(job, work)
+        shutil.copyfile(path, out / MODEL_FILE)
+    else:
+        job.log(f"tflite: converting {src.name} ({job.precision})")
+        data = q.export_float(src.keras_model) if job.precision == "fp32" else _fp16(src.keras_model)
+        (out / MODEL_FILE).write_bytes(data)
+    data = (out / MODEL_FILE).read_bytes()
+    inputs, outputs = tensor_specs(data)
+    runtime = {"delegate": "xnnpack", "threads": job.target.cores}
+    return Built({"model": MODEL_FILE}, inputs, outputs, runtime, tools(job), info)
+
+
+def _quantized(job: Job, work: Path):
+    from edgecnn.compile.job import quantize_int8
+
+    return quantize_int8(job, "tflite", work)
+
+
+def _fp16(keras_model) -> bytes:
+    """float16 weights: half the size; ops dequantize them once at load."""
+    import tensorflow as tf
+
+    from edgecnn.quantize.tflite import _convert
+
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+    return _convert(converter, "float16 export")
+
+
+def tensor_specs(data: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """Inputs and outputs as LiteRT sees them, with int8 scale/zero-point."""
+    from edgecnn.quantize.tflite import _interpreter
+
+    it = _interpreter(data)
+
+    def spec(d) -> TensorSpec:
+        shape = [int(x) for x in d.get("shape_signature", d["shape"])]
+        scale, zero = d["quantization"]
+        quantized = np.dtype(d["dtype"]) in (np.dtype(np.int8), np.dtype(np.uint8)) and scale != 0
+        return TensorSpec(d["name"], shape, np.dtype(d["dtype"]).name, "NHWC" if len(shape) == 4 else "",
+                          float(scale) if quantized else None, int(zero) if quantized else None)
+
+    return [spec(d) for d in it.get_input_details()], [spec(d) for d in it.get_output_details()]
+
+
+def host_runner(bundle_dir: Path, built: Built):
+    """The bundle's own file under LiteRT on this machine (int8 inputs/outputs (de)quantized as the runner does)."""
+    from edgecnn.quantize.tflite import predictor
+
+    return predictor((bundle_dir / built.files["model"]).read_bytes(), threads=1)

@@ -1,0 +1,144 @@
+"""MetaSchedule tuning for the tvm backend, with a persistent, resumable database.
+
+The database (MetaSchedule's JSON workload and tuning-record files) lives in
+cache_dir("tuning", key), keyed by the model's content hash, the completed TVM
+target and the TVM version, so a second `--tune` of the same model reuses every
+record. Records are appended as candidates are measured: an interrupted run
+keeps what it measured, and the next run tunes only the trials still missing
+(`--trials` is the total budget for the database, not per call).
+
+Candidates are measured where the code will run. On the host that is this
+machine (MetaSchedule's local builder and runner); a board would need TVM's RPC
+runner and a device connection, which compile does not have, so tuning for a
+board is refused with that reason rather than tuned on the wrong CPU.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from edgecnn.errors import EdgecnnError, ToolError
+from edgecnn.paths import cache_dir
+
+RECORDS = "database_tuning_record.json"
+WORKLOADS = "database_workload.json"
+DEFAULT_TRIALS = 2000
+TRIALS_PER_ITER = 64
+
+
+def check_tunable(target) -> None:
+    """ToolError for targets whose candidates cannot be measured from here."""
+    for module, dist in (("psutil", "psutil"), ("xgboost", "xgboost-cpu")):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ToolError(f"MetaSchedule tuning needs {module} (its search and cost model): pip install {dist}") \
+                from None
+    if not target.is_host:
+        raise ToolError(f"tuning for {target.name} needs the board: MetaSchedule measures every candidate on the "
+                        "device (TVM RPC), and compile has no device connection; build untuned (drop --tune), or "
+                        "tune with --target host")
+    problem = _probe_meta_schedule()
+    if problem:
+        import tvm
+
+        raise ToolError(f"{problem} in apache-tvm {tvm.__version__} on this machine; build untuned (drop --tune)")
+
+
+# Creating a TuneContext is where apache-tvm 0.27.0.post1 crashed on this project's x86 machine (SIGSEGV,
+# any llvm target, TensorFlow not loaded): probed in a child process so the user gets a message, not a crash.
+_PROBE = """
+import tvm
+from tvm import te
+from tvm.s_tir import meta_schedule as ms
+A = te.placeholder((8, 8), name="A")
+B = te.compute((8, 8), lambda i, j: A[i, j] * 2.0, name="B")
+ms.TuneContext(mod=tvm.IRModule({"main": te.create_prim_func([A, B])}), target=tvm.target.Target(
+    {"kind": "llvm", "num-cores": 1}), space_generator="post-order-apply", search_strategy="evolutionary",
+    task_name="probe").clone()
+"""
+
+
+@lru_cache(maxsize=1)
+def _probe_meta_schedule() -> str | None:
+    """None when MetaSchedule can set up a tuning task here, else what went wrong."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "setting up a tuning task did not finish in 300 s"
+    if done.returncode == 0:
+        return None
+    if done.returncode < 0 or "Segfault" in done.stderr:
+        return f"MetaSchedule crashes (signal {-done.returncode}) creating a tuning task"
+    lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    return f"MetaSchedule fails creating a tuning task: {(lines or ['no message'])[-1][:200]}"
+
+
+def tuning_dir(source_sha256: str, tvm_target: dict) -> Path:
+    """The database folder for a model on a completed TVM target."""
+    import tvm
+
+    text = json.dumps({"model": source_sha256, "target": tvm_target, "tvm": tvm.__version__}, sort_keys=True)
+    return cache_dir("tuning", hashlib.sha256(text.encode()).hexdigest()[:24])
+
+
+def record_count(folder: Path) -> int:
+    """Tuning records measured so far (one JSON line each)."""
+    path = folder / RECORDS
+    if not path.is_file():
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.strip())
+
+
+def database_state(folder: Path) -> str:
+    """Hash of the database files: part of a tuned bundle's cache key."""
+    h = hashlib.sha256()
+    for name in (WORKLOADS, RECORDS):
+        path = folder / name
+        h.update(path.read_bytes() if path.is_file() else b"-")
+    return h.hexdigest()[:16]
+
+
+def tuned_build(job, mod, target):
+    """Tune what the database still lacks, then build with it; (executable, tuning facts for the manifest).
+
+    This is 0.27's own static-shape flow (relax.get_pipeline("static_shape_tuning")):
+    legalize and fuse, MetaScheduleTuneIRMod (skipped at 0 trials), then
+    MetaScheduleApplyDatabase, then tvm.compile. Functions the database does not
+    cover keep TVM's default schedule.
+    """
+    import tvm
+    from tvm import relax
+    from tvm.s_tir import meta_schedule as ms
+
+    from edgecnn.compile.tvm import tvm_target_dict
+
+    if job.trials < 1:
+        raise EdgecnnError(f"--trials must be at least 1, got {job.trials}")
+    folder = tuning_dir(job.source.sha256, tvm_target_dict(job.target))
+    before = record_count(folder)
+    remaining = max(0, job.trials - before)
+    with target:
+        tasks = ms.relax_integration.extract_tasks(relax.get_pipeline("zero")(mod), target)
+    # Spread the budget over every task: with only a global limit, MetaSchedule may leave tasks untuned.
+    per_task = max(1, -(-remaining // max(1, len(tasks))))
+    if remaining:
+        job.log(f"tvm: tuning {remaining} trials over {len(tasks)} tasks with MetaSchedule "
+                f"({before} records reused) in {folder}")
+    else:
+        job.log(f"tvm: database already holds {before} records (>= {job.trials} trials): no new tuning")
+    started = time.perf_counter()
+    tuned = relax.get_pipeline("static_shape_tuning", total_trials=remaining, target=target, work_dir=str(folder),
+                               max_trials_per_task=per_task)(mod)
+    tune_seconds = time.perf_counter() - started
+    executable = tvm.compile(tuned, target)
+    facts = {"trials": job.trials, "tasks": len(tasks), "records_before": before, "records": record_count(folder),
+             "tuning_seconds": round(tune_seconds, 1), "database": str(folder)}
+    return executable, facts

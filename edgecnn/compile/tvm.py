@@ -1,0 +1,316 @@
+"""TVM backend (apache-tvm 0.27, Relax): a shared library for the target, run by TVM's Relax VM.
+
+    Keras --tf2onnx--> ONNX --relax.frontend.onnx--> IRModule --tvm.compile--> model.so
+
+The module takes one NHWC float32 image (batch 1) and its weights are bound as
+constants, so the runner calls `vm["main"](x)` and nothing else. Targets are
+the dict form from targets/*.toml (0.27 rejects strings); host.toml's plain
+llvm gets this machine's triple, CPU and core count. aarch64 libraries are
+linked with the target's cross compiler; Jetson targets build CUDA kernels
+for the GPU's sm_xx inside an aarch64 host library (that needs nvcc).
+Untuned builds use TVM's default lowering; `--tune` applies a MetaSchedule
+database (see tune.py). TVM has no int8 speed-up (quantized graphs import as
+dequantize -> float op -> quantize), so int8 is refused here.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from edgecnn.artifacts import TensorSpec
+from edgecnn.compile.cache import tool_versions
+from edgecnn.compile.job import Built, Job
+from edgecnn.errors import ModelError, ToolError
+
+MODEL_FILE = "model.so"
+PRECISIONS = ("fp32",)
+INSTALL_CROSS = "sudo apt-get install g++-aarch64-linux-gnu (see tools/apt-packages.txt)"
+
+
+def _cross(target) -> bool:
+    return target.arch != _host_arch()
+
+
+def _host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+
+
+def check(job: Job) -> None:
+    """Refuse what this backend cannot build, before any heavy work."""
+    t = job.target
+    if job.precision == "int8":
+        raise ModelError("the tvm backend gives no int8 (TVM 0.27 runs quantized graphs as float ops); for int8 "
+                         "use --backend tflite (XNNPACK) or --backend onnx (onnxruntime)")
+    if job.precision == "fp16":
+        raise ModelError("the tvm backend builds fp32 only; for fp16 weights use --backend tflite")
+    if job.source.kind == "onnx" and job.source.precision == "int8":
+        raise ModelError(f"{job.source.ref} is a quantized (QDQ) model; TVM would run it as float: use --backend onnx")
+    if job.source.kind == "tflite":
+        if job.source.precision != "fp32":
+            raise ModelError(f"{job.source.ref} is {job.source.precision}; the tvm backend builds fp32 models: "
+                             "use --backend tflite")
+        try:
+            import tflite  # noqa: F401 - TVM's TFLite frontend parses flatbuffers with it
+        except ImportError:
+            raise ToolError("TVM's TFLite frontend needs the `tflite` package: pip install tflite, or compile the "
+                            "Keras/ONNX source instead") from None
+    if _cross(t) and (not t.cross_compiler or shutil.which(t.cross_compiler) is None):
+        raise ToolError(f"cross compiler {t.cross_compiler or '(none in the target file)'} not found, needed to "
+                        f"link {t.arch} libraries for {t.name}: {INSTALL_CROSS}")
+    if t.tvm.get("kind") == "cuda" and shutil.which("nvcc") is None:
+        raise ToolError(f"{t.name} builds CUDA kernels for {t.tvm.get('arch')}, which needs the CUDA toolkit (nvcc) "
+                        "on this machine; install it, or use --backend onnx (TensorRT on the board)")
+    if job.tune:
+        from edgecnn.compile.tune import check_tunable
+
+        check_tunable(t)
+
+
+def tvm_target_dict(target) -> dict:
+    """The target's TVM dict, completed for the host: this machine's triple, CPU and core count."""
+    d = dict(target.tvm)
+    if target.is_host and d.get("kind") == "llvm":
+        from tvm.target import codegen
+
+        d.setdefault("mtriple", target.triple)  # LLVM's own default triple names its build (conda), not the OS
+        d.setdefault("mcpu", codegen.llvm_get_system_cpu())
+        d.setdefault("num-cores", target.cores)
+    return d
+
+
+def tools(job: Job) -> dict[str, str]:
+    dists = ["apache-tvm", "apache-tvm-ffi", "onnx"]
+    if job.source.kind == "keras":
+        dists += ["tf2onnx", "tensorflow", "tensorflow-cpu"]
+    if job.source.kind == "tflite":
+        dists.append("tflite")
+    commands = [job.target.cross_compiler] if _cross(job.target) else []
+    if job.target.tvm.get("kind") == "cuda":
+        commands.append("nvcc")
+    return tool_versions(dists, commands)
+
+
+def import_module(job: Job, work: Path):
+    """The source as a Relax IRModule with static batch-1 input and bound weights; (mod, output names)."""
+    src = job.source
+    if src.kind == "tflite":
+        return _from_tflite(src)
+    import onnx
+
+    if src.kind == "keras":
+        from edgecnn.quantize.onnx import export_float
+
+        job.log(f"tvm: exporting {src.name} to ONNX (tf2onnx)")
+        path = export_float(src.keras_model, work)
+    else:
+        path = src.path
+    model = onnx.load(str(path))
+    weights = {i.name for i in model.graph.initializer}
+    inputs = [v for v in model.graph.input if v.name not in weights]
+    if len(inputs) != 1:
+        raise ModelError(f"{src.name} has {len(inputs)} inputs; edgecnn compiles single-input image models")
+    from tvm.relax.frontend.onnx import from_onnx
+
+    job.log("tvm: importing the ONNX graph into Relax")
+    mod = _imported(lambda: from_onnx(model, shape_dict={inputs[0].name: src.static_shape}), src.name, "ONNX")
+    return mod, [o.name for o in model.graph.output]
+
+
+def _from_tflite(src):
+    import tflite
+    from tvm.relax.frontend.tflite import from_tflite
+
+    data = src.path.read_bytes()
+    model = tflite.Model.GetRootAsModel(data, 0)
+    graph = model.Subgraphs(0)
+    name = graph.Tensors(graph.Inputs(0)).Name().decode()
+    outputs = [graph.Tensors(graph.Outputs(i)).Name().decode() for i in range(graph.OutputsLength())]
+    mod = _imported(lambda: from_tflite(model, shape_dict={name: tuple(src.static_shape)},
+                                        dtype_dict={name: "float32"}), src.name, "TFLite")
+    return mod, outputs
+
+
+def _imported(convert, name: str, frontend: str):
+    """Run a frontend; its failures become one ModelError that names the op when TVM says which."""
+    import tvm
+
+    try:
+        return convert()
+    except tvm.error.OpNotImplemented as e:
+        raise ModelError(f"TVM cannot import {name}: {_first_line(e)} (Relax {frontend} frontend of apache-tvm "
+                         f"{tvm.__version__}); use --backend tflite or onnx") from None
+    except (tvm.error.OpError, NotImplementedError, ValueError, TypeError, KeyError, RuntimeError) as e:
+        raise ModelError(f"TVM's {frontend} frontend failed on {name}: {type(e).__name__}: {_first_line(e)}; "
+                         "use --backend tflite or onnx") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    # TVM errors end with the useful line after a C++ traceback.
+    msg = next((ln for ln in reversed(lines) if "Error" in ln or "not supported" in ln), lines[-1] if lines else "")
+    return msg[:300] or type(e).__name__
+
+
+def build(job: Job, out: Path, work: Path) -> Built:
+    """Compile and link model.so into `out` for the job's target (tuned when job.tune)."""
+    import tvm
+
+    mod, output_names = import_module(job, work)
+    target = tvm.target.Target(tvm_target_dict(job.target))
+    info: dict = {"tvm_target": tvm_target_dict(job.target)}
+    job.log(f"tvm: building for {job.target.name} ({target.kind.name})")
+    try:
+        if job.tune:
+            from edgecnn.compile.tune import tuned_build
+
+            executable, info["tuning"] = tuned_build(job, mod, target)
+        elif target.kind.name == "cuda":
+            executable = _cuda_build(mod, target, job.target)
+        else:
+            executable = tvm.compile(mod, target)
+    except (RuntimeError, AssertionError) as e:  # TVM errors are RuntimeErrors; dlight asserts on schedules
+        raise _build_error(e, job.target) from None
+    path = out / MODEL_FILE
+    try:
+        if _cross(job.target):
+            executable.export_library(str(path), fcompile=tvm.support.cc.cross_compiler(job.target.cross_compiler))
+        else:
+            executable.export_library(str(path))
+    except (RuntimeError, OSError) as e:
+        raise ToolError(f"linking {MODEL_FILE} for {job.target.name} failed: {_first_line(e)}") from None
+    inputs = [TensorSpec("input", job.source.static_shape, "float32", "NHWC")]
+    outputs = _output_specs(mod, output_names)
+    runtime = {"device": "cuda" if target.kind.name == "cuda" else "cpu", "entry": "main",
+               "threads": job.target.cores}
+    return Built({"model": MODEL_FILE}, inputs, outputs, runtime, tools(job), info)
+
+
+def _cuda_build(mod, target, board):
+    """CUDA kernels for the board's sm_xx plus an aarch64 host library; ToolError unless they really compiled.
+
+    The default GPU pipeline's dlight Matmul rule asserts on MobileNet's fused
+    1x1 convolutions in 0.27, so the other default rules schedule everything.
+    TVM compiles kernels through the Python callback `tvm_callback_cuda_compile`
+    (NVRTC from cuda-python, or nvcc): it is wrapped here so that a build that
+    never produced a kernel binary is reported, not bundled.
+    """
+    import tvm
+    import tvm.support.nvcc  # noqa: F401 - registers the compile callback
+    import tvm_ffi
+    from tvm import relax
+    from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
+
+    name = "tvm_callback_cuda_compile"
+    original, compiled = tvm_ffi.get_global_func(name), []
+
+    def compile_kernels(*args):
+        try:
+            binary = original(*args)
+        except Exception as e:  # noqa: BLE001 - whatever NVRTC/nvcc raise, the user needs its message
+            raise ToolError(f"compiling CUDA kernels for {board.name} ({board.tvm.get('arch')}) failed: "
+                            f"{_first_line(e)}; TVM needs NVRTC (pip install cuda-python) or nvcc "
+                            "(TVM_CUDA_COMPILE_MODE=nvcc) supporting that GPU") from None
+        compiled.append(len(binary))
+        return binary
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(m, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                cuda.library_dispatch_passes(target)
+                + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                   relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
+                   dl.ApplyDefaultSchedule(dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+                                           dl.gpu.Fallback())]
+                + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))(m)
+
+    tvm_ffi.register_global_func(name, compile_kernels, override=True)
+    try:
+        executable = tvm.compile(mod, target, relax_pipeline=pipeline)
+    finally:
+        tvm_ffi.register_global_func(name, original, override=True)
+    if not compiled:
+        raise ToolError(f"TVM left the CUDA kernels for {board.name} uncompiled (no NVRTC/nvcc call); refusing to "
+                        "bundle a GPU library that cannot load; use --backend onnx (TensorRT) for Jetson")
+    return executable
+
+
+def _build_error(e: Exception, target) -> Exception:
+    text = str(e)
+    if target.tvm.get("kind") == "cuda" and ("nvcc" in text or "arch" in text.lower()):
+        return ToolError(f"CUDA build for {target.name} ({target.tvm.get('arch')}) failed in nvcc: {_first_line(e)}; "
+                         "the installed CUDA toolkit may not support this GPU (CUDA 13 dropped sm_50..sm_72)")
+    return ModelError(f"TVM could not build the model for {target.name}: {_first_line(e)}")
+
+
+def _output_specs(mod, names: list[str]) -> list[TensorSpec]:
+    from tvm import relax
+
+    ret = mod["main"].ret_ty  # 0.27 renamed StructInfo to types: TensorType or TupleType
+    infos = list(ret.fields) if isinstance(ret, relax.TupleType) else [ret]
+    if len(names) != len(infos):
+        names = [f"output_{i}" for i in range(len(infos))]
+    specs = []
+    for name, si in zip(names, infos):
+        shape = [int(d) for d in si.shape.values]
+        specs.append(TensorSpec(name, shape, str(si.dtype), "NHWC" if len(shape) == 4 else ""))
+    return specs
+
+
+def host_runner(bundle_dir: Path, built: Built):
+    """model.so loaded into this process (host-arch CPU bundles only)."""
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(bundle_dir / built.files["model"])), tvm.cpu())
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        results = []
+        for i in range(len(batch)):
+            y = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(batch[i:i + 1], np.float32)))
+            results.append([y.numpy()] if hasattr(y, "numpy") else [o.numpy() for o in y])
+        return [np.concatenate([r[k] for r in results]) for k in range(len(results[0]))]
+
+    return run
+
+
+def emulated_runner(bundle_dir: Path, built: Built, target):
+    """model.so run by the guest's TVM runtime under qemu with the target's core."""
+    import tempfile
+
+    from edgecnn.emulate.run import run_python
+
+    def run(batch: np.ndarray) -> list[np.ndarray]:
+        with tempfile.TemporaryDirectory(prefix="edgecnn-tvm-verify-") as tmp:
+            np.save(Path(tmp) / "images.npy", np.ascontiguousarray(batch, np.float32))
+            # A copy, not the file itself: run from this folder, `import tvm` would find this module.
+            script = Path(tmp) / "run_tvm.py"
+            shutil.copyfile(Path(__file__).with_name("tvm_guest.py"), script)
+            args = [str((bundle_dir / built.files["model"]).resolve()), "images.npy", "outputs.npz"]
+            run_python(target, script, args, what=f"{MODEL_FILE} (tvm)", timeout=600, cwd=Path(tmp))
+            with np.load(Path(tmp) / "outputs.npz", allow_pickle=False) as npz:
+                return [npz[f"arr_{i}"] for i in range(len(npz.files))]
+
+    return run
+
+
+def runner_for(bundle_dir: Path, built: Built, target) -> tuple[str, object | None, str]:
+    """(mode, run, reason): where this bundle can be checked from here."""
+    if built.runtime["device"] == "cuda":
+        return "skipped", None, f"CUDA library for {target.tvm.get('arch')}: needs the Jetson's GPU to run"
+    if not _cross(target):
+        return "host", host_runner(bundle_dir, built), ""
+    from edgecnn.compile.verify import emulator_ready
+
+    if target.arch == "aarch64" and target.qemu_cpu:
+        reason = emulator_ready(target)
+        if reason is None:
+            return "emulated", emulated_runner(bundle_dir, built, target), ""
+        return "skipped", None, reason
+    return "skipped", None, f"no way to run {target.arch} code here"

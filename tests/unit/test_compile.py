@@ -1,0 +1,204 @@
+"""edgecnn.compile on tiny models: every backend for host and a72, manifests, cache, atomicity, errors."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import compile_fixtures as F  # noqa: E402
+
+from edgecnn.artifacts import load_bundle  # noqa: E402
+from edgecnn.compile import COMPILERS, compile_model  # noqa: E402
+from edgecnn.compile.verify import elf_machine  # noqa: E402
+from edgecnn.errors import DataError, EdgecnnError, ModelError, TargetError, ToolError  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    # A private cache: no bundle from another test, and no emulator (TVM aarch64 checks are skipped here).
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compile")
+    return {"model": F.classifier(root / "m"), "calib": F.Q.make_calibration(root / "calib", 12),
+            "dets": F.detector(root / "d"), "root": root}
+
+
+def _compile(files, target, out, **kw):
+    kw.setdefault("calib", files["calib"])
+    return compile_model(kw.pop("model", files["model"]), target, output_dir=out, **kw)
+
+
+def test_registry_covers_every_backend():
+    from edgecnn.artifacts import Backend
+    from edgecnn.compile import compiler
+
+    assert set(COMPILERS) == {b.value for b in Backend}
+    for name in COMPILERS:
+        mod = compiler(name)
+        assert all(hasattr(mod, f) for f in ("check", "tools", "build", "host_runner"))
+
+
+@pytest.mark.parametrize("target", ["host", "a72"])
+@pytest.mark.parametrize("backend, suffix", [("tflite", ".tflite"), ("onnx", ".onnx"), ("tvm", ".so")])
+def test_bundle_per_backend_and_target(files, tmp_path, target, backend, suffix):
+    out = tmp_path / "bundle"
+    r = _compile(files, target, out, backend=backend)
+    assert not r.cached and r.bundle.path == out
+    b = load_bundle(out)
+    m = b.manifest
+    assert m.files == {"model": f"model{suffix}"} and m.backend == backend and m.precision == "fp32"
+    assert m.target == target and m.task == "classification" and m.postprocess is None
+    assert m.inputs[0].shape[1:] == [32, 32, 3] and m.inputs[0].dtype == "float32" and m.outputs[0].shape[-1] == 4
+    assert m.preprocessing["size"] == [32, 32] and m.classes == F.Q.CLASSES
+    assert m.source["format"] == "keras" and len(m.source["sha256"]) == 64 and m.cache_key
+    assert m.macs and m.params == 28
+    ver = m.verification
+    if backend == "tvm":
+        assert elf_machine(b.file()) == m.arch == ver["elf"]["machine"]
+        assert m.arch == ("aarch64" if target == "a72" else "x86_64") or target == "host"
+        assert m.runtime == {"device": "cpu", "entry": "main", "threads": 4 if target == "a72" else m.runtime["threads"]}
+        assert {"apache-tvm", "apache-tvm-ffi"} <= set(m.tools) and m.build["tvm_target"]["kind"] == "llvm"
+        if target == "a72":
+            assert m.tools["aarch64-linux-gnu-g++"] and m.build["tvm_target"]["mcpu"] == "cortex-a72"
+            assert ver["status"] == "skipped" and "emulator" in ver["reason"]  # never claimed when not run
+            return
+        assert m.build["tvm_target"]["mcpu"] and m.build["tvm_target"]["num-cores"] >= 1
+    if backend == "tflite":
+        assert m.runtime["delegate"] == "xnnpack" and m.runtime["threads"] == (4 if target == "a72" else m.runtime["threads"])
+    if backend == "onnx":
+        assert m.runtime["execution_provider"] == "CPUExecutionProvider"
+    assert ver["status"] == "passed" and ver["mode"] == "host" and ver["images"] == 4
+    assert ver["max_abs_diff"] < 1e-3 and ver["cosine"] > 0.9999 and ver["outputs"][0]["top1_agreement"] == 1.0
+
+
+def test_detector_manifest_and_jetson_onnx_provider(files, tmp_path):
+    r = _compile(files, "jetson-orin", tmp_path / "b", model=files["dets"], backend="onnx")
+    m = r.bundle.manifest
+    assert m.task == "detection" and m.head["anchors"] == F.ANCHORS
+    assert m.postprocess == {"kind": "yolo_region", "conf_threshold": 0.005, "iou_threshold": 0.45,
+                             "max_detections": 100}
+    assert m.runtime["execution_provider"] == "TensorrtExecutionProvider"
+    assert m.verification["status"] == "passed" and "note" in m.verification
+
+
+def test_int8_and_fp16_tflite(files, tmp_path):
+    r = _compile(files, "a53", tmp_path / "q", backend="tflite", precision="int8")
+    m = r.bundle.manifest
+    assert m.precision == "int8" and m.inputs[0].dtype == "int8" and m.inputs[0].scale > 0
+    assert m.outputs[0].zero_point is not None and m.verification["status"] == "passed"
+    assert m.verification["quantization"]["calibration"]["images"] >= 1
+    # An already-int8 file is bundled as it is; asking it for fp32 is refused.
+    int8_file = files["root"] / "colors-int8.tflite"
+    int8_file.write_bytes(r.bundle.file().read_bytes())
+    F.sidecar(int8_file)
+    again = compile_model(int8_file, "a72", backend="tflite", precision="int8", output_dir=tmp_path / "q2")
+    assert again.bundle.file().read_bytes() == int8_file.read_bytes()
+    with pytest.raises(ModelError, match="already int8"):
+        compile_model(int8_file, "a72", backend="tflite", output_dir=tmp_path / "q3")
+    half = _compile(files, "a76", tmp_path / "h", backend="tflite", precision="fp16")
+    assert half.bundle.manifest.precision == "fp16" and half.bundle.manifest.verification["status"] == "passed"
+
+
+def test_cache_hit_and_new_key_on_changed_input(files, tmp_path):
+    first = _compile(files, "host", tmp_path / "a", backend="onnx")
+    second = _compile(files, "host", tmp_path / "b", backend="onnx")
+    assert second.cached and second.bundle.manifest.cache_key == first.bundle.manifest.cache_key
+    assert (tmp_path / "b" / "model.onnx").read_bytes() == (tmp_path / "a" / "model.onnx").read_bytes()
+    other = F.Q.save_model(tmp_path / "m2", F.Q.color_model(fragile=True))
+    third = _compile(files, "host", tmp_path / "c", backend="onnx", model=other)
+    assert not third.cached and third.bundle.manifest.cache_key != first.bundle.manifest.cache_key
+    in_cache = compile_model(files["model"], "host", backend="onnx", calib=files["calib"])
+    assert in_cache.cached and in_cache.bundle.path.parent.name == "bundles"
+
+
+def test_interrupted_compile_leaves_nothing(files, tmp_path, monkeypatch):
+    from edgecnn.compile import tflite
+
+    real = tflite.build
+
+    def interrupted(job, out, work):
+        real(job, out, work)  # the model file is there, the manifest not yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tflite, "build", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _compile(files, "host", tmp_path / "out", backend="tflite")
+    bundles = tmp_path / "cache" / "bundles"
+    assert not (tmp_path / "out").exists()
+    assert not bundles.exists() or list(bundles.iterdir()) == []
+    monkeypatch.setattr(tflite, "build", real)
+    assert not _compile(files, "host", tmp_path / "out", backend="tflite").cached
+
+
+def test_output_folder_that_is_not_a_bundle_is_refused(files, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(EdgecnnError, match="not empty and not a bundle"):
+        _compile(files, "host", tmp_path / "mine", backend="tflite")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_library_errors(files, tmp_path):
+    with pytest.raises(TargetError, match="unknown target"):
+        _compile(files, "pi9", tmp_path / "x")
+    only_tflite = F.target_file(tmp_path, "a72", "tfonly", runtimes=["tflite"])
+    with pytest.raises(TargetError, match="cannot run the tvm backend"):
+        _compile(files, str(only_tflite), tmp_path / "x", backend="tvm")
+    with pytest.raises(ModelError, match="--backend tflite.*--backend onnx"):
+        _compile(files, "a72", tmp_path / "x", backend="tvm", precision="int8")
+    with pytest.raises(DataError, match="--calib"):
+        compile_model(files["model"], "a72", backend="onnx", precision="int8", output_dir=tmp_path / "x")
+    with pytest.raises(ToolError, match="needs the board"):
+        _compile(files, "a72", tmp_path / "x", backend="tvm", tune=True, trials=4)
+
+
+# ---------------------------------------------------------------- the CLI: one `Error:` line, exit 1
+
+
+def _cli(capsys, *args) -> str:
+    from edgecnn.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compile", *args, "--format", "json"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1, err
+    assert err.startswith("Error: ") and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_cli_errors(files, tmp_path, capsys):
+    model, out = str(files["model"]), str(tmp_path / "o")
+    assert "unknown target 'pi9'" in _cli(capsys, model, "--target", "pi9", "-o", out)
+    tfonly = F.target_file(tmp_path, "a72", "tfonly", runtimes=["tflite"])
+    assert "cannot run the onnx backend" in _cli(capsys, model, "--target", str(tfonly), "--backend", "onnx", "-o", out)
+    nocc = F.target_file(tmp_path, "a72", "nocc", cross_compiler="no-such-aarch64-g++")
+    err = _cli(capsys, model, "--target", str(nocc), "--backend", "tvm", "-o", out)
+    assert "no-such-aarch64-g++ not found" in err and "sudo apt-get install g++-aarch64-linux-gnu" in err
+    err = _cli(capsys, str(F.unsupported_onnx(tmp_path / "celu")), "--target", "host", "--backend", "tvm", "-o", out)
+    assert "TVM cannot import celu" in err and "Celu" in err
+    for suffix in (".onnx", ".tflite", ".keras"):
+        err = _cli(capsys, str(F.corrupt(tmp_path / "bad", suffix)), "--target", "host", "-o", out)
+        assert "cannot read" in err or "cannot load" in err, err
+    err = _cli(capsys, model, "--target", "a72", "--backend", "tvm", "--precision", "int8", "-o", out)
+    assert "no int8" in err and "--backend tflite" in err
+    assert "needs the board" in _cli(capsys, model, "--target", "a72", "--backend", "tvm", "--tune", "-o", out)
+    assert not Path(out).exists()
+
+
+def test_cli_json_output(files, tmp_path, capsys):
+    from edgecnn.cli import main
+
+    main(["compile", str(files["model"]), "--target", "a53", "--calib", str(files["calib"]), "-o",
+          str(tmp_path / "b"), "--format", "json"])  # returns normally on success
+    data = json.loads(capsys.readouterr().out)
+    assert data["manifest"]["backend"] == "tflite" and data["bundle"] == str(tmp_path / "b") and not data["cached"]
+    assert np.isclose(data["manifest"]["verification"]["cosine"], 1.0)
