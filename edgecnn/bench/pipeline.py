@@ -292,7 +292,8 @@ def _sample_inputs(bundle, data: str, n: int) -> list[np.ndarray]:
 
     ds = load_dataset(data).subset(n)
     prep = Preprocessing.from_dict(bundle.manifest.preprocessing)
-    return [prep(s.path)[0][None] for s in ds.samples]
+    batches = [prep(s.path)[0] for s in ds.samples]
+    return [b if b.ndim == 4 else b[None] for b in batches]
 
 
 def _outputs_match(host: list, guest: list, manifest) -> float:
