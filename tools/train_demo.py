@@ -101,6 +101,12 @@ def train_one(name: str, epochs: int, verbose: int) -> dict:
                      "final_loss": float(history.history["loss"][-1]) if history.history.get("loss") else None,
                      "seconds_this_run": round(train_s, 1)},
     }
+    if getattr(model, "optimizer", None) is not None:
+        # save_weights on a compiled model also writes the optimizer's slots (3x the file for Adam):
+        # ship the weights alone, from a fresh model of the same architecture.
+        clean = zoo.build(name)
+        clean.set_weights(model.get_weights())
+        model = clean
     metadata["metrics"] = {"val": evaluate(model, spec, metadata)}
     weights = WEIGHTS_DIR / f"{name}.weights.h5"
     tmp = weights.with_name(f".tmp-{weights.name}")

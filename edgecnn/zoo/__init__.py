@@ -26,7 +26,7 @@ from edgecnn.zoo import yolo_lite as _yl
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 # The one place that says which presets ship trained demo weights.
-_DEMO_WEIGHTS = frozenset({"mobilenet_v1", "mobilenet_v2", "yolo_lite"})
+_DEMO_WEIGHTS = frozenset({"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "yolo_lite"})
 
 
 @dataclass(frozen=True)

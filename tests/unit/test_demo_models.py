@@ -12,7 +12,10 @@ from edgecnn.bench import accuracy
 from edgecnn.data import demo
 
 THRESHOLDS = {"mobilenet_v2": ("top1", 0.90), "yolo_lite": ("map50", 0.60),
-              "mobilenet_v1": ("top1", 0.90)}
+              "mobilenet_v1": ("top1", 0.90),
+              # Not a foundation demo model: trained 10 epochs (0.898) as the int8 hard case
+              # (hard-swish, squeeze-excite) for quantize's --fallback; a regression bound.
+              "mobilenet_v3_small": ("top1", 0.85)}
 
 
 @pytest.mark.slow
@@ -26,6 +29,10 @@ def test_demo_model_accuracy(name):
     key, minimum = THRESHOLDS[name]
     assert result[key] >= minimum
     assert result[key] == pytest.approx(meta["metrics"]["val"][key], abs=0.005)
+
+
+def test_every_demo_preset_has_a_threshold():
+    assert {s.name for s in zoo.list_models() if s.demo_weights} == set(THRESHOLDS)
 
 
 def test_demo_weights_are_small():

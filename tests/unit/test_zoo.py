@@ -34,7 +34,7 @@ def test_registry_presets():
     names = [s.name for s in zoo.list_models()]
     assert names == ["mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_small_minimalistic",
                      "mobilenet_v3_large", "mobilenet_v3_large_minimalistic", "yolo_lite", "yolo_lite_mobilenet"]
-    assert {s.name for s in zoo.list_models() if s.demo_weights} == {"mobilenet_v1", "mobilenet_v2", "yolo_lite"}
+    assert {s.name for s in zoo.list_models() if s.demo_weights} == {"mobilenet_v1", "mobilenet_v2", "mobilenet_v3_small", "yolo_lite"}
     for spec in zoo.list_models():
         assert spec.defaults["classes"] == 5
         assert spec.preprocessing["size"] == [spec.defaults["size"]] * 2 and spec.preprocessing["mode"] == "stretch"
