@@ -301,6 +301,9 @@ def _csv_list(value: str | None) -> list[str] | None:
 @click.option("--data", type=click.Path(), default=None,
               help="Labelled data set (COCO JSON, VOC, YOLO txt, class folders) [default: the demo val split].")
 @click.option("--device", default=None, help="Bench on a board over SSH: user@host[:port].")
+@click.option("--ssh-option", "ssh_options", multiple=True,
+              help="With --device: an argument for ssh, repeatable (e.g. --ssh-option=-i --ssh-option=~/.ssh/pi).")
+@click.option("--remote-python", default="python3", show_default=True, help="With --device: the board's Python.")
 @click.option("--emulate", is_flag=True, default=None, help="Run under qemu with the target's core.")
 @click.option("--limit", type=int, default=None, help="Evaluate on the first N images only.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per variant.")
@@ -315,7 +318,8 @@ def _csv_list(value: str | None) -> list[str] | None:
 @click.option("--format", "fmt", type=click.Choice(_BENCH_FORMATS), default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Accuracy vs latency PNG (Pareto front).")
-def bench_cmd(target, models, backend, precision, prune, weights, data, device, emulate, limit, runs, warmup, threads,
+def bench_cmd(target, models, backend, precision, prune, weights, data, device, ssh_options, remote_python, emulate,
+              limit, runs, warmup, threads,
               baseline, max_map_drop, max_top1_drop, max_latency_increase, max_instructions_increase, fmt, output,
               plot) -> None:
     """Benchmark models on a target: latency percentiles, FPS, accuracy; native, emulated or over SSH."""
@@ -328,7 +332,8 @@ def bench_cmd(target, models, backend, precision, prune, weights, data, device, 
     base = load_baseline(baseline) if baseline else None  # a bad baseline fails before minutes of work
     plan = make_plan(target, models=list(models) or None, backends=_csv_list(backend),
                      precisions=_csv_list(precision), prunes=_csv_list(prune), device=device, emulate=emulate,
-                     data=data, limit=limit, runs=runs, warmup=warmup, threads=threads, weights=weights)
+                     data=data, limit=limit, runs=runs, warmup=warmup, threads=threads, weights=weights,
+                     ssh_options=tuple(ssh_options), remote_python=remote_python)
     doc = _run_with_progress(plan, bench, quiet=fmt != "table" and output is None)
     text = report.render(doc, "md" if fmt == "table" else fmt)
     if output:

@@ -69,6 +69,8 @@ class BenchPlan:
     threads: int | None = None
     weights: str = "demo"
     notes: list[str] = field(default_factory=list)
+    ssh_options: tuple[str, ...] = ()  # ssh mode: extra ssh arguments (-i key, -F config, -o ProxyJump=...)
+    remote_python: str = "python3"  # ssh mode: the board's interpreter (a venv's python, say)
 
 
 def parse_prune(text: str) -> str | None:
@@ -124,7 +126,8 @@ def default_backends(target: Target, precision: str) -> list[str]:
 def make_plan(target: str, *, models: list[str] | None = None, backends: list[str] | None = None,
               precisions: list[str] | None = None, prunes: list[str] | None = None, device: str | None = None,
               emulate: bool | None = None, data: str | None = None, limit: int | None = None, runs: int = 50,
-              warmup: int = 5, threads: int | None = None, weights: str = "demo") -> BenchPlan:
+              warmup: int = 5, threads: int | None = None, weights: str = "demo",
+              ssh_options: tuple[str, ...] = (), remote_python: str = "python3") -> BenchPlan:
     """Resolve the command line into the list of variants to run; raises on anything inconsistent."""
     t = get_target(target)
     mode = choose_mode(t, device, emulate)
@@ -154,7 +157,10 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
         raise DataError("nothing to bench: every requested combination was excluded")
     if limit is not None and limit < 1:
         raise DataError("--limit must be 1 or more")
-    return BenchPlan(t, mode, variants, data, device, limit, runs, warmup, threads, weights, notes)
+    if (ssh_options or remote_python != "python3") and mode is not Mode.SSH:
+        raise DataError("--ssh-option and --remote-python apply only with --device")
+    return BenchPlan(t, mode, variants, data, device, limit, runs, warmup, threads, weights, notes,
+                     tuple(ssh_options), remote_python)
 
 
 def _data_for(model_task: str, plan: BenchPlan) -> str:
@@ -212,7 +218,9 @@ def run_variant(variant: Variant, plan: BenchPlan, log: Callable[[str], None] = 
 
         log(f"{variant.model} {variant.backend} {variant.precision}: running on {plan.device}")
         row.update(_measured(run_remote(bundle, plan.device, data=data, limit=plan.limit, runs=plan.runs,
-                                        warmup=plan.warmup, threads=plan.threads)))
+                                        warmup=plan.warmup, threads=plan.threads, ssh_options=plan.ssh_options,
+                                        python=plan.remote_python)))
+        row["device"] = plan.device
     else:
         row.update(_emulated(bundle, source, variant, plan, data, log))
     row["mode"] = plan.mode.value

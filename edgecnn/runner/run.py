@@ -37,7 +37,18 @@ DEFAULT_WARMUP = 5
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident memory so far (runtime, model and Python), in MiB."""
+    """The process's peak resident memory so far (runtime, model and Python), in MiB.
+
+    Linux: VmHWM of /proc/self/status. getrusage's ru_maxrss survives exec, so a runner
+    started from a big parent (the PC side holds TensorFlow) would report the parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB on Linux
 

@@ -1,0 +1,135 @@
+"""`edgecnn bench`: planning, a real native run on this machine, the regression gate, and the SSH mode
+against a loopback sshd. The demo MobileNetV1 (13 M MACs) keeps the real runs to seconds."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from sshd_fixture import sshd  # noqa: E402,F401  (a fixture)
+
+from edgecnn.bench.pipeline import Mode, make_plan, parse_prune  # noqa: E402
+from edgecnn.cli import main  # noqa: E402
+from edgecnn.errors import DataError, TargetError  # noqa: E402
+
+
+def _cli(capsys, *args):
+    """Exit code (0 on success), stdout, and stderr without the progress bar's blank lines."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err.strip()
+
+
+def test_default_plan_is_the_demo_models_on_the_preferred_backends():
+    plan = make_plan("a72")
+    assert plan.mode is Mode.EMULATED  # this x86 machine cannot run aarch64 code natively
+    got = {(v.model, v.backend, v.precision) for v in plan.variants}
+    assert got == {(m, "tflite", p) for m in ("yolo_lite", "mobilenet_v2", "mobilenet_v1") for p in ("fp32", "int8")}
+    assert make_plan("host").mode is Mode.NATIVE
+    assert make_plan("host", device="pi@board").mode is Mode.SSH
+
+
+def test_every_combination_and_no_fake_tvm_int8():
+    plan = make_plan("a72", models=["mobilenet_v2"], backends=["tflite", "tvm"], precisions=["fp32", "int8"],
+                     prunes=["none", "channel:0.3"])
+    got = {(v.backend, v.precision, v.prune) for v in plan.variants}
+    assert len(plan.variants) == len(got) == 6
+    assert got == {(b, p, pr) for pr in (None, "channel:0.3") for b, p in
+                   (("tflite", "fp32"), ("tflite", "int8"), ("tvm", "fp32"))}
+    assert any("tvm int8 left out" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"precisions": ["int4"]}, "unknown precision 'int4'"),
+    ({"backends": ["tensorrt"]}, "cannot use backend 'tensorrt'"),
+    ({"device": "pi@x", "emulate": True}, "exclude each other"),
+    ({"prunes": ["channel:1.5"]}, "between 0 and 1"),
+    ({"prunes": ["random:0.3"]}, "expected channel:R"),
+    ({"limit": 0}, "--limit must be 1 or more"),
+    ({"weights": "my.weights.h5"}, "--data is needed"),
+    ({"ssh_options": ("-i", "k")}, "only with --device"),
+])
+def test_plan_errors(kwargs, message):
+    with pytest.raises(DataError, match=message):
+        make_plan("a72", **kwargs)
+
+
+def test_unknown_target_is_one_line(capsys):
+    code, out, err = _cli(capsys, "bench", "--target", "pi9")
+    assert code == 1 and err.startswith("Error: unknown target 'pi9'") and "Traceback" not in err
+    with pytest.raises(TargetError):
+        make_plan("pi9")
+
+
+def test_parse_prune():
+    assert parse_prune("none") is None and parse_prune("Channel:0.30") == "channel:0.3"
+
+
+@pytest.fixture(scope="module")
+def host_run(tmp_path_factory):
+    """One real native bench of the demo MobileNetV1 (fp32 and int8) as JSON, through the CLI."""
+    out = tmp_path_factory.mktemp("bench") / "host.json"
+    main(["bench", "--target", "host", "--model", "mobilenet_v1", "--limit", "40", "--runs", "10",
+          "--threads", "1", "--format", "json", "-o", str(out)])
+    return out
+
+
+@pytest.mark.slow
+def test_native_bench_measures_latency_and_accuracy(host_run):
+    doc = json.loads(host_run.read_text())
+    assert doc["target"] == "host" and {r["precision"] for r in doc["results"]} == {"fp32", "int8"}
+    for r in doc["results"]:
+        assert r["mode"] == "native" and r["threads"] == 1 and r["images"] == 40
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] and r["fps"] > 0 and r["load_ms"] > 0
+        assert r["accuracy"]["metric"] == "top1" and r["accuracy"]["top1"] > 0.8
+        assert r["emulated_instructions"] is None and r["size_bytes"] > 0 and 10e6 < r["macs"] < 20e6
+        assert r["peak_rss_mb"] < 600, "the runner runs in its own process, without TensorFlow"
+
+
+@pytest.mark.slow
+def test_better_baseline_fails_the_gate(host_run, capsys, tmp_path):
+    doc = json.loads(host_run.read_text())
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps(doc))
+    better = json.loads(host_run.read_text())
+    for r in better["results"]:
+        r["accuracy"]["top1"] += 0.02  # 2 points better than what this run will measure
+    path = tmp_path / "better.json"
+    path.write_text(json.dumps(better))
+    code, out, err = _cli(capsys, "bench", "--target", "host", "--model", "mobilenet_v1", "--limit", "40",
+                          "--runs", "10", "--threads", "1", "--max-latency-increase", "1000%", "--format", "csv",
+                          "--baseline", str(path))
+    assert code == 1
+    assert err.count("Regression: mobilenet_v1 tflite") == 2 and "top1" in err
+    assert "Error: 2 regression(s) against" in err
+    code, out, err = _cli(capsys, "bench", "--target", "host", "--model", "mobilenet_v1", "--limit", "40",
+                          "--runs", "10", "--threads", "1", "--max-latency-increase", "1000%", "--format", "csv",
+                          "--baseline", str(same))
+    assert code == 0 and "No regression" in err and out.startswith("model,backend,precision")
+
+
+@pytest.mark.slow
+def test_bench_over_ssh_on_a_loopback_board(sshd, capsys):  # noqa: F811
+    code, out, err = _cli(capsys, "bench", "--target", "host", "--model", "mobilenet_v1", "--precision", "int8",
+                          "--device", sshd.device, "--ssh-option=-F", f"--ssh-option={sshd.options[1]}",
+                          "--remote-python", sys.executable, "--limit", "20", "--runs", "5", "--format", "json")
+    assert code == 0, err
+    (row,) = json.loads(out)["results"]
+    assert row["mode"] == "ssh" and row["device"] == sshd.device and row["precision"] == "int8"
+    assert row["fps"] > 0 and row["images"] == 20 and row["accuracy"]["top1"] > 0.8
+
+
+def test_unreachable_board_is_one_line(capsys):
+    code, out, err = _cli(capsys, "bench", "--target", "host", "--model", "mobilenet_v1", "--precision", "fp32",
+                          "--device", "nobody@127.0.0.1:1", "--runs", "1", "--limit", "1")
+    assert code == 1 and err.startswith("Error: mobilenet_v1 tflite fp32: cannot reach nobody@127.0.0.1")
+    assert "Traceback" not in err
