@@ -95,13 +95,14 @@ def _batches(arrays: Arrays, batch_size: int, scale: float, offset: float, seed:
 
 def fit(model, arrays: Arrays, *, epochs: int, state_dir: Path, preprocessing: dict, head: dict | None = None,
         batch_size: int = 32, learning_rate: float = 2e-3, seed: int = 0, verbose: int = 2,
-        bn_momentum: float | None = 0.9):
+        bn_momentum: float | None = 0.9, callbacks: list | None = None):
     """Train `model` in place: a classifier when head is None, else a YOLO region detector.
 
     Cosine-decayed Adam. Resumes from `state_dir` when a previous run was interrupted.
     `bn_momentum` caps batch-norm momentum: keras.applications use 0.999, whose
     moving statistics lag ~1000 steps behind the weights, so after a short schedule
     the model in inference mode is far worse than in training (None keeps the model's own).
+    `callbacks` run after the checkpoint restore (pruning uses one to hold its masks).
     """
     import keras
 
@@ -121,7 +122,7 @@ def fit(model, arrays: Arrays, *, epochs: int, state_dir: Path, preprocessing: d
         model.compile(optimizer=optimizer, loss=make_yolo_loss(len(head["anchors"]), num_classes))
     state_dir.mkdir(parents=True, exist_ok=True)
     backup = keras.callbacks.BackupAndRestore(str(state_dir), save_freq="epoch", delete_checkpoint=False)
-    return model.fit(data, epochs=epochs, callbacks=[backup], verbose=verbose)
+    return model.fit(data, epochs=epochs, callbacks=[backup, *(callbacks or [])], verbose=verbose)
 
 
 def _ends_in_softmax(model) -> bool:
