@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--models", default="mobilenet_v2,yolo_lite")
     parser.add_argument("--ratio", type=float, help="override the per-model ratio")
     parser.add_argument("--epochs", type=int, help="override the per-model fine-tuning epochs")
+    parser.add_argument("--lr", type=float, default=None, help="fine-tuning learning rate [default: prune's]")
     parser.add_argument("--importance", default="l1")
     parser.add_argument("--scope", default="global")
     parser.add_argument("--threads", type=int, default=1, help="LiteRT threads for the latency comparison")
@@ -82,6 +83,7 @@ def main() -> None:
         print(f"# {name}: channel ratio {ratio}, {epochs} fine-tuning epochs", file=sys.stderr, flush=True)
         result = prune(name, "channel", ratio, importance=args.importance, scope=args.scope, finetune_epochs=epochs,
                        output_dir=out / name, threads=args.threads, runs=args.runs,
+                       **({"learning_rate": args.lr} if args.lr else {}),
                        log=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
         fig = figures(result.to_dict())
         text = json.dumps(fig)
