@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO))
 
 from edgecnn.paths import atomic_write_bytes, cache_dir  # noqa: E402
 
-DEFAULTS = {"mobilenet_v2": {"ratio": 0.4, "epochs": 8}, "yolo_lite": {"ratio": 0.3, "epochs": 4}}
+# MobileNetV2: at 0.4 / 8 epochs / lr 5e-4 it lost 3.6 points; 0.35 / 15 epochs / lr 1e-3 recovered fully.
+DEFAULTS = {"mobilenet_v2": {"ratio": 0.35, "epochs": 15, "lr": 1e-3}, "yolo_lite": {"ratio": 0.3, "epochs": 4}}
 GOAL = {"macs_reduction": 0.30, "speedup": 1.3, "max_drop_points": 1.0}
 
 
@@ -76,6 +77,7 @@ def main() -> None:
     for name in args.models.split(","):
         ratio = args.ratio or DEFAULTS[name]["ratio"]
         epochs = DEFAULTS[name]["epochs"] if args.epochs is None else args.epochs
+        lr = args.lr or DEFAULTS[name].get("lr")
         done = out / f"{name}-goal.json"
         if done.is_file() and not args.redo:
             print(done.read_text().strip())
@@ -83,7 +85,7 @@ def main() -> None:
         print(f"# {name}: channel ratio {ratio}, {epochs} fine-tuning epochs", file=sys.stderr, flush=True)
         result = prune(name, "channel", ratio, importance=args.importance, scope=args.scope, finetune_epochs=epochs,
                        output_dir=out / name, threads=args.threads, runs=args.runs,
-                       **({"learning_rate": args.lr} if args.lr else {}),
+                       **({"learning_rate": lr} if lr else {}),
                        log=lambda msg: print(f"  {msg}", file=sys.stderr, flush=True))
         fig = figures(result.to_dict())
         text = json.dumps(fig)
