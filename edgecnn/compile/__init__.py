@@ -103,11 +103,33 @@ def compile_model(model: str | Path, target, *, backend: str | None = None, prec
         bundle = cache.lookup(key)
         if bundle is None:  # the folder was renamed into place a moment ago
             raise EdgecnnError(f"bundle {cache.bundle_path(key)} vanished right after it was written")
+        if job.tune:
+            _alias_after_tuning(bundle, job, comp)
     else:
         say(f"cached bundle {bundle.path}")
     if output_dir is not None:
         bundle = cache.copy_out(bundle, Path(output_dir))
     return CompileResult(bundle, cached, time.perf_counter() - started)
+
+
+def _alias_after_tuning(bundle, job, comp) -> None:
+    """File a tuned bundle under the key of the database it was built with, too.
+
+    The key is taken before tuning (database as it was), but the next identical call sees the
+    database as tuning left it; without this alias that call would build the same bundle again.
+    """
+    import dataclasses
+    import shutil
+
+    from edgecnn.artifacts import write_manifest
+
+    after = cache.bundle_key(_key_parts(job, comp))
+    if after == bundle.manifest.cache_key or cache.lookup(after) is not None:
+        return
+    with cache.building(after) as folder:
+        for name in bundle.manifest.files.values():
+            shutil.copy2(bundle.path / name, folder / name)
+        write_manifest(folder, dataclasses.replace(bundle.manifest, cache_key=after))
 
 
 def _key_parts(job, comp) -> dict:

@@ -30,6 +30,7 @@ RECORDS = "database_tuning_record.json"
 WORKLOADS = "database_workload.json"
 DEFAULT_TRIALS = 2000
 TRIALS_PER_ITER = 64
+BUILD_TIMEOUT_S = 180.0  # per candidate build; MetaSchedule's default 30 s fails them all under load
 
 
 def check_tunable(target) -> None:
@@ -109,10 +110,10 @@ def database_state(folder: Path) -> str:
 def tuned_build(job, mod, target):
     """Tune what the database still lacks, then build with it; (executable, tuning facts for the manifest).
 
-    This is 0.27's own static-shape flow (relax.get_pipeline("static_shape_tuning")):
-    legalize and fuse, MetaScheduleTuneIRMod (skipped at 0 trials), then
-    MetaScheduleApplyDatabase, then tvm.compile. Functions the database does not
-    cover keep TVM's default schedule.
+    The steps of 0.27's static-shape flow (relax.get_pipeline("static_shape_tuning")), with
+    MetaSchedule called directly so that its builder gets BUILD_TIMEOUT_S: the default 30 s
+    fails every candidate on a busy 2-core machine ("Build errors" and nothing measured).
+    Functions the database does not cover keep TVM's default schedule.
     """
     import tvm
     from tvm import relax
@@ -125,19 +126,26 @@ def tuned_build(job, mod, target):
     folder = tuning_dir(job.source.sha256, tvm_target_dict(job.target))
     before = record_count(folder)
     remaining = max(0, job.trials - before)
+    lower = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
+                                      relax.transform.CanonicalizeBindings(), relax.get_pipeline("zero")])
     with target:
-        tasks = ms.relax_integration.extract_tasks(relax.get_pipeline("zero")(mod), target)
+        lowered = lower(mod)
+    tasks = ms.relax_integration.extract_tasks(lowered, target)
     # Spread the budget over every task: with only a global limit, MetaSchedule may leave tasks untuned.
     per_task = max(1, -(-remaining // max(1, len(tasks))))
+    started = time.perf_counter()
     if remaining:
         job.log(f"tvm: tuning {remaining} trials over {len(tasks)} tasks with MetaSchedule "
                 f"({before} records reused) in {folder}")
+        ms.relax_integration.tune_relax(
+            lowered, params={}, target=target, work_dir=str(folder), max_trials_global=remaining,
+            max_trials_per_task=per_task, num_trials_per_iter=min(TRIALS_PER_ITER, per_task),
+            builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S))
     else:
         job.log(f"tvm: database already holds {before} records (>= {job.trials} trials): no new tuning")
-    started = time.perf_counter()
-    tuned = relax.get_pipeline("static_shape_tuning", total_trials=remaining, target=target, work_dir=str(folder),
-                               max_trials_per_task=per_task)(mod)
     tune_seconds = time.perf_counter() - started
+    with target:
+        tuned = relax.transform.MetaScheduleApplyDatabase(str(folder))(lowered)
     executable = tvm.compile(tuned, target)
     facts = {"trials": job.trials, "tasks": len(tasks), "records_before": before, "records": record_count(folder),
              "tuning_seconds": round(tune_seconds, 1), "database": str(folder)}

@@ -202,3 +202,16 @@ def test_cli_json_output(files, tmp_path, capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["manifest"]["backend"] == "tflite" and data["bundle"] == str(tmp_path / "b") and not data["cached"]
     assert np.isclose(data["manifest"]["verification"]["cosine"], 1.0)
+
+
+@pytest.mark.slow
+def test_tuning_records_persist_and_resume(files, tmp_path):
+    """A real (tiny) MetaSchedule run on the host: records land in the cache and a larger budget resumes."""
+    first = _compile(files, "host", tmp_path / "t1", backend="tvm", tune=True, trials=2)
+    tuning = first.bundle.manifest.build["tuning"]
+    assert tuning["records_before"] == 0 and tuning["records"] >= 1 and tuning["tasks"] >= 1
+    assert first.bundle.manifest.verification["status"] == "passed"
+    again = _compile(files, "host", tmp_path / "t2", backend="tvm", tune=True, trials=2)
+    assert again.cached  # same model, target and database: the tuned bundle is reused
+    more = _compile(files, "host", tmp_path / "t3", backend="tvm", tune=True, trials=tuning["records"] + 1)
+    assert not more.cached and more.bundle.manifest.build["tuning"]["records_before"] == tuning["records"]
