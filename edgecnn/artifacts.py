@@ -169,6 +169,11 @@ def write_manifest(folder: Path, manifest: Manifest) -> Path:
     return out
 
 
+def text_sha256(text: str) -> str:
+    """SHA-256 of a text's UTF-8 bytes (e.g. the CUDA source a bundled cubin was compiled from)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """SHA-256 of a file, or of every file under a folder (names and bytes, in sorted order)."""
     path = Path(path)

@@ -20,7 +20,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # The Python package with its test extras (editable, so the checkout is what runs).
-python3 -m pip install -q --disable-pip-version-check --progress-bar off -e '.[dev,tune]'
+python3 -m pip install -q --disable-pip-version-check --progress-bar off -e '.[dev,tune,jetson]'
 # pyenv installs console scripts behind shims that exist only after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 

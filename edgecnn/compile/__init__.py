@@ -173,7 +173,8 @@ def _build(job, comp, key: str, folder: Path, work: Path, verify: bool) -> None:
     src, t = job.source, job.target
     built = comp.build(job, folder, work)
     checks: dict = {}
-    elf = v.check_elf(folder, built.files, t.arch)
+    gpu_arch = t.tvm.get("arch") if t.tvm.get("kind") == "cuda" else None
+    elf = v.check_elf(folder, built.files, t.arch, gpu_arch)
     if elf:
         checks["elf"] = elf
     if not verify:

@@ -7,7 +7,7 @@ constants, so the runner calls `vm["main"](x)` and nothing else. Targets are
 the dict form from targets/*.toml (0.27 rejects strings); host.toml's plain
 llvm gets this machine's triple, CPU and core count. aarch64 libraries are
 linked with the target's cross compiler; Jetson targets build CUDA kernels
-for the GPU's sm_xx inside an aarch64 host library (that needs nvcc).
+for the GPU's sm_xx inside an aarch64 host library (NVRTC or nvcc, see cuda.py).
 Untuned builds use TVM's default lowering; `--tune` applies a MetaSchedule
 database (see tune.py). TVM has no int8 speed-up (quantized graphs import as
 dequantize -> float op -> quantize), so int8 is refused here.
@@ -15,18 +15,20 @@ dequantize -> float op -> quantize), so int8 is refused here.
 
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 from pathlib import Path
 
 import numpy as np
 
-from edgecnn.artifacts import TensorSpec
+from edgecnn.artifacts import TensorSpec, text_sha256
 from edgecnn.compile.cache import tool_versions
 from edgecnn.compile.job import Built, Job
 from edgecnn.errors import ModelError, ToolError
 
 MODEL_FILE = "model.so"
+KERNELS_FILE = "kernels.cubin"  # CUDA bundles built without a GPU: see _cuda_build
 PRECISIONS = ("fp32",)
 INSTALL_CROSS = "sudo apt-get install g++-aarch64-linux-gnu (see tools/apt-packages.txt)"
 
@@ -62,9 +64,14 @@ def check(job: Job) -> None:
     if _cross(t) and (not t.cross_compiler or shutil.which(t.cross_compiler) is None):
         raise ToolError(f"cross compiler {t.cross_compiler or '(none in the target file)'} not found, needed to "
                         f"link {t.arch} libraries for {t.name}: {INSTALL_CROSS}")
-    if t.tvm.get("kind") == "cuda" and shutil.which("nvcc") is None:
-        raise ToolError(f"{t.name} builds CUDA kernels for {t.tvm.get('arch')}, which needs the CUDA toolkit (nvcc) "
-                        "on this machine; install it, or use --backend onnx (TensorRT on the board)")
+    if t.tvm.get("kind") == "cuda":
+        from edgecnn.compile.cuda import find_toolchain
+
+        try:
+            find_toolchain(str(t.tvm.get("arch")))
+        except ToolError as e:
+            raise ToolError(f"{t.name} builds CUDA kernels for {t.tvm.get('arch')}: {e}; or use --backend onnx "
+                            "(TensorRT on the board)") from None
     if job.tune:
         from edgecnn.compile.tune import check_tunable
 
@@ -91,7 +98,13 @@ def tools(job: Job) -> dict[str, str]:
         dists.append("tflite")
     commands = [job.target.cross_compiler] if _cross(job.target) else []
     if job.target.tvm.get("kind") == "cuda":
-        commands.append("nvcc")
+        from edgecnn.compile.cuda import find_toolchain
+
+        dists += ["cuda-bindings", "nvidia-cuda-nvrtc-cu12"]
+        chain = find_toolchain(str(job.target.tvm.get("arch")))
+        versions = tool_versions(dists, commands)
+        versions[f"cuda ({chain.mode})"] = chain.version
+        return versions
     return tool_versions(dists, commands)
 
 
@@ -163,6 +176,7 @@ def build(job: Job, out: Path, work: Path) -> Built:
     mod, output_names = import_module(job, work)
     target = tvm.target.Target(tvm_target_dict(job.target))
     info: dict = {"tvm_target": tvm_target_dict(job.target)}
+    kernels = None
     job.log(f"tvm: building for {job.target.name} ({target.kind.name})")
     try:
         if job.tune:
@@ -170,7 +184,7 @@ def build(job: Job, out: Path, work: Path) -> Built:
 
             executable, info["tuning"] = tuned_build(job, mod, target)
         elif target.kind.name == "cuda":
-            executable = _cuda_build(mod, target, job.target)
+            executable, kernels = _cuda_build(mod, target, job.target)
         else:
             executable = tvm.compile(mod, target)
     except (RuntimeError, AssertionError) as e:  # TVM errors are RuntimeErrors; dlight asserts on schedules
@@ -187,35 +201,57 @@ def build(job: Job, out: Path, work: Path) -> Built:
     outputs = _output_specs(mod, output_names)
     runtime = {"device": "cuda" if target.kind.name == "cuda" else "cpu", "entry": "main",
                "threads": job.target.cores}
-    return Built({"model": MODEL_FILE}, inputs, outputs, runtime, tools(job), info)
+    files = {"model": MODEL_FILE}
+    if kernels is not None:
+        (out / KERNELS_FILE).write_bytes(kernels["cubin"])
+        files["kernels"] = KERNELS_FILE
+        runtime["cuda_kernels"] = {"file": KERNELS_FILE, "arch": str(job.target.tvm.get("arch")),
+                                   "source_sha256": kernels["source_sha256"]}
+    return Built(files, inputs, outputs, runtime, tools(job), info)
 
 
 def _cuda_build(mod, target, board):
-    """CUDA kernels for the board's sm_xx plus an aarch64 host library; ToolError unless they really compiled.
+    """(executable, kernels): CUDA kernels for the board's sm_xx plus a host library for its CPU.
 
     The default GPU pipeline's dlight Matmul rule asserts on MobileNet's fused
     1x1 convolutions in 0.27, so the other default rules schedule everything.
-    TVM compiles kernels through the Python callback `tvm_callback_cuda_compile`
-    (NVRTC from cuda-python, or nvcc): it is wrapped here so that a build that
-    never produced a kernel binary is reported, not bundled.
+    Where TVM's CUDA runtime is not loaded (a PC without a GPU, i.e. every
+    cross-compile), 0.27's codegen keeps the generated CUDA C in the library
+    and expects the receiver to compile it when it loads the module
+    (tvm_callback_cuda_compile, NVRTC on the board). edgecnn compiles that
+    source here instead, with the same TVM function, for the board's sm_xx:
+    errors show up on the PC, and the bundle carries the cubin (kernels: its
+    bytes and the sha256 of the source it was built from), which the runner
+    hands to TVM when it loads the library, so the board needs only the CUDA
+    driver and TVM's runtime. Where the runtime is loaded, TVM compiles
+    through the callback during the build and the cubin is inside model.so
+    (kernels: None).
     """
     import tvm
-    import tvm.support.nvcc  # noqa: F401 - registers the compile callback
+    import tvm.support.nvcc as nvcc
     import tvm_ffi
     from tvm import relax
     from tvm.relax.backend.cuda import pipeline as cuda
     from tvm.s_tir import dlight as dl
 
+    from edgecnn.compile.cuda import find_toolchain
+
     name = "tvm_callback_cuda_compile"
     original, compiled = tvm_ffi.get_global_func(name), []
+    arch = str(board.tvm.get("arch"))
+    chain = find_toolchain(arch)
 
-    def compile_kernels(*args):
+    def compile_source(code: str) -> bytes:
         try:
-            binary = original(*args)
+            with target:  # TVM's nvcc path reads the compute version from the current target
+                return bytes(nvcc.compile_cuda(code, target_format="cubin", arch=arch, compiler=chain.mode))
         except Exception as e:  # noqa: BLE001 - whatever NVRTC/nvcc raise, the user needs its message
-            raise ToolError(f"compiling CUDA kernels for {board.name} ({board.tvm.get('arch')}) failed: "
-                            f"{_first_line(e)}; TVM needs NVRTC (pip install cuda-python) or nvcc "
-                            "(TVM_CUDA_COMPILE_MODE=nvcc) supporting that GPU") from None
+            raise ToolError(f"compiling CUDA kernels for {board.name} ({arch}) with {chain.mode} "
+                            f"{chain.version} failed: {_first_line(e)}; the CUDA version must support {arch} "
+                            "(CUDA 13 dropped sm_50..sm_72)") from None
+
+    def compile_kernels(code, *_):
+        binary = compile_source(str(code))
         compiled.append(len(binary))
         return binary
 
@@ -230,15 +266,39 @@ def _cuda_build(mod, target, board):
                                            dl.gpu.Fallback())]
                 + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))(m)
 
+    env = chain.environ()
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     tvm_ffi.register_global_func(name, compile_kernels, override=True)
     try:
         executable = tvm.compile(mod, target, relax_pipeline=pipeline)
+        if compiled:
+            return executable, None
+        sources = [m for m in _module_tree(executable.mod) if m.kind == "cuda"]
+        if len(sources) != 1:
+            raise ToolError(f"TVM built {len(sources)} CUDA modules for {board.name}; expected one")
+        code = sources[0].inspect_source("cuda")
+        if not code:
+            raise ToolError(f"TVM left no CUDA source or binary for {board.name}; refusing to bundle a GPU "
+                            "library that cannot load; use --backend onnx (TensorRT) for Jetson")
+        return executable, {"cubin": compile_source(code), "source_sha256": text_sha256(code)}
     finally:
         tvm_ffi.register_global_func(name, original, override=True)
-    if not compiled:
-        raise ToolError(f"TVM left the CUDA kernels for {board.name} uncompiled (no NVRTC/nvcc call); refusing to "
-                        "bundle a GPU library that cannot load; use --backend onnx (TensorRT) for Jetson")
-    return executable
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _module_tree(module) -> list:
+    """A runtime module and everything it imports, depth first (Relax: VM executable -> host lib -> cuda)."""
+    out, stack = [], [module]
+    while stack:
+        m = stack.pop()
+        out.append(m)
+        stack.extend(m.imports)
+    return out
 
 
 def _build_error(e: Exception, target) -> Exception:

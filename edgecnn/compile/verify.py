@@ -26,7 +26,7 @@ import numpy as np
 from edgecnn.errors import AccuracyError, ModelError
 
 Predict = Callable[[np.ndarray], list[np.ndarray]]
-ELF_MACHINES = {183: "aarch64", 62: "x86_64", 40: "arm", 3: "x86"}
+ELF_MACHINES = {183: "aarch64", 62: "x86_64", 40: "arm", 3: "x86", 190: "cuda"}
 HOST_IMAGES = 4
 EMULATED_IMAGES = 2  # TVM under qemu: about a second an image for MobileNetV2-0.35
 
@@ -48,17 +48,42 @@ def elf_machine(path: Path) -> str:
     return ELF_MACHINES.get(machine, f"e_machine {machine}")
 
 
-def check_elf(folder: Path, files: dict[str, str], arch: str) -> dict | None:
-    """ModelError when a library in the bundle is for another machine; a summary, or None without libraries."""
+def cubin_arch(path: Path) -> str:
+    """The sm_xx a CUDA ELF (cubin) is built for; ModelError if it is not one.
+
+    The SM number sits in e_flags: bits 0-7 up to ELF ABI version 7 (CUDA 12),
+    bits 8-15 from version 8 (CUDA 13).
+    """
+    if elf_machine(path) != "cuda":
+        raise ModelError(f"{path.name} is not a CUDA binary (cubin)")
+    with open(path, "rb") as f:
+        head = f.read(52)
+    (flags,) = struct.unpack("<I", head[48:52])
+    sm = (flags >> 8) & 0xFF if head[8] >= 8 else flags & 0xFF
+    return f"sm_{sm}"
+
+
+def check_elf(folder: Path, files: dict[str, str], arch: str, gpu_arch: str | None = None) -> dict | None:
+    """ModelError when a library in the bundle is for another machine (or a cubin for another GPU).
+
+    Returns a summary, or None when the bundle has no native code.
+    """
     libs = {role: name for role, name in files.items() if name.endswith(".so")}
-    if not libs:
+    cubins = {role: name for role, name in files.items() if name.endswith(".cubin")}
+    if not libs and not cubins:
         return None
     for role, name in libs.items():
         machine = elf_machine(folder / name)
         if machine != arch:
             raise ModelError(f"{name} is built for {machine}, but the target runs {arch}: check the "
                              "cross compiler and the target's tvm table")
-    return {"machine": arch, "files": sorted(libs.values())}
+    summary: dict = {"machine": arch, "files": sorted(libs.values())}
+    for role, name in cubins.items():
+        sm = cubin_arch(folder / name)
+        if gpu_arch is not None and sm != gpu_arch:
+            raise ModelError(f"{name} holds kernels for {sm}, but the target's GPU is {gpu_arch}")
+        summary.setdefault("gpu", {})[name] = sm
+    return summary
 
 
 def verification_images(source, calib, count: int) -> tuple[str, np.ndarray]:

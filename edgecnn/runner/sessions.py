@@ -263,12 +263,20 @@ class TvmSession(Session):
         if device not in ("cpu", "cuda"):
             raise ModelError(f"manifest: runtime.device {device!r} is not supported (cpu or cuda)")
         self._tvm = tvm
+        if device == "cuda":
+            _load_tvm_cuda(tvm)
         self._dev = tvm.runtime.cpu() if device == "cpu" else tvm.runtime.cuda()
+        if device == "cuda" and not self._dev.exist:
+            raise ModelError(f"bundle {bundle.path.name} runs on a CUDA GPU ({self.manifest.target}) and none is "
+                             "visible here (driver not loaded, or CUDA_VISIBLE_DEVICES hides it)")
         self._sync = device != "cpu"  # a GPU run is asynchronous until synced
         config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
         if config is not None and device == "cpu":
             config(1, self.threads)  # 1: TVM's "big cores" mode, the default; nthreads as asked
         path = bundle.file("model")
+        kernels = self.manifest.runtime.get("cuda_kernels")
+        if kernels:
+            _serve_cuda_kernels(bundle, kernels)
         try:
             self._vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), self._dev)
             self._fn = self._vm[self.manifest.runtime.get("entry", "main")]
@@ -292,6 +300,51 @@ class TvmSession(Session):
             raise ModelError(f"the TVM module gave {len(items)} output(s), the manifest lists "
                              f"{len(self.manifest.outputs)}")
         return [t.numpy() for t in items]
+
+
+def _load_tvm_cuda(tvm) -> None:
+    """Make sure TVM's CUDA runtime is registered; the wheel keeps it in a side library loaded on demand."""
+    if tvm.get_global_func("device_api.cuda", allow_missing=True) is not None:
+        return
+    import ctypes
+    from pathlib import Path
+
+    lib = Path(tvm.__file__).resolve().parent / "lib" / "libtvm_runtime_cuda.so"
+    error = "it is not in this TVM installation"
+    if lib.exists():
+        try:
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+        except OSError as e:  # libcudart/libcuda missing: the message names the one
+            error = str(e).splitlines()[0]
+    if tvm.get_global_func("device_api.cuda", allow_missing=True) is None:
+        raise MissingRuntime("TVM's CUDA runtime", f"{error}; install the CUDA runtime (libcudart) and driver, or a "
+                             "TVM runtime built with USE_CUDA=ON (on a Jetson, TVM's runtime built from source)")
+
+
+def _serve_cuda_kernels(bundle: Bundle, kernels: dict) -> None:
+    """Let TVM load a CUDA library built without a GPU: hand it the bundled cubin for the source it holds.
+
+    Such a library keeps its kernels as CUDA C and TVM compiles them when it
+    loads the module, through the global `tvm_callback_cuda_compile` (NVRTC).
+    The bundle already holds them compiled for the board (kernels.cubin, with
+    the sha256 of the source); this callback returns that cubin for exactly
+    that source, so the board needs no NVRTC. Any other source is an error,
+    never a silent recompile.
+    """
+    import tvm_ffi
+
+    from edgecnn.artifacts import text_sha256
+
+    cubin = bundle.file("kernels").read_bytes()
+    expected = kernels.get("source_sha256", "")
+
+    def compiled(code, *_):
+        if text_sha256(str(code)) != expected:
+            raise RuntimeError(f"{bundle.path.name}: model.so holds CUDA source that {kernels.get('file')} was not "
+                               "built from; rebuild the bundle")
+        return cubin
+
+    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compiled, override=True)
 
 
 def _check_count(bundle: Bundle, inputs: int, outputs: int) -> None:
