@@ -138,11 +138,33 @@ def _keras_digest(keras_model, path: Path | None, src) -> str:
     if path is not None:
         h.update(file_sha256(path).encode())
     else:
-        h.update(keras_model.to_json().encode())
+        h.update(json.dumps(architecture(keras_model), sort_keys=True).encode())
         for w in keras_model.get_weights():
             h.update(str((w.shape, w.dtype.name)).encode())
             h.update(w.tobytes())
     return _digest(h.hexdigest(), src)
+
+
+def architecture(keras_model) -> dict:
+    """The model's config with every model/layer name replaced by its position (L0, L1, ...).
+
+    Keras numbers auto-named layers per process (conv2d, conv2d_1, ...), so the
+    same zoo model built second in a process has other names than when built
+    first; hashing the raw config gave one model several cache keys.
+    """
+    names = {keras_model.name: "model"}
+    names.update({layer.name: f"L{i}" for i, layer in enumerate(keras_model.layers)})
+
+    def canon(value):
+        if isinstance(value, str):
+            return names.get(value, value)
+        if isinstance(value, dict):
+            return {k: canon(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [canon(v) for v in value]
+        return value
+
+    return canon(json.loads(keras_model.to_json()))
 
 
 def _keras_counts(keras_model) -> tuple[int | None, int | None]:

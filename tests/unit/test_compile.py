@@ -215,3 +215,12 @@ def test_tuning_records_persist_and_resume(files, tmp_path):
     assert again.cached  # same model, target and database: the tuned bundle is reused
     more = _compile(files, "host", tmp_path / "t3", backend="tvm", tune=True, trials=tuning["records"] + 1)
     assert not more.cached and more.bundle.manifest.build["tuning"]["records_before"] == tuning["records"]
+
+
+def test_zoo_model_hash_does_not_depend_on_what_the_process_built_before():
+    # Keras names auto-named layers per process (conv2d, conv2d_1, ...): the key must not see that.
+    from edgecnn.compile.job import load_source
+
+    first = load_source("yolo_lite").sha256
+    assert load_source("yolo_lite").sha256 == first
+    assert load_source("yolo_lite", weights="random").sha256 != first  # the weights still count
