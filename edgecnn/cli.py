@@ -172,12 +172,13 @@ _QUANT_IO = ("int8", "float")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="Weight scales per channel or per tensor.")
 @click.option("--method", type=click.Choice(_QUANT_METHODS), default="minmax", show_default=True,
-              help="Activation range calibration (tflite: minmax only).")
+              help="Activation range calibration (tflite: minmax or percentile 99.99; onnx: all three).")
 @click.option("--io", type=click.Choice(_QUANT_IO), default=None,
               help="Model input/output type [default: int8 for tflite, float for onnx].")
 @click.option("--max-drop", type=float, default=None,
               help="Allowed accuracy drop in points (top-1, or mAP@0.5:0.95); past it: error, exit 1.")
-@click.option("--fallback", is_flag=True, help="Keep the most sensitive layers in float until inside --max-drop.")
+@click.option("--fallback", is_flag=True,
+              help="Past --max-drop: try percentile ranges, then keep the most sensitive layers in float.")
 @click.option("--weights", default="demo", show_default=True,
               help="Zoo models: demo, random, imagenet or a .weights.h5 file.")
 @click.option("--val", type=click.Path(), default=None,
@@ -222,9 +223,12 @@ def quantize_cmd(model, calib, backend, per_channel, method, io, max_drop, fallb
         table.add_row(f"output {o['name']}", f"SNR {o['snr_db']:.1f} dB, cosine {o['cosine']:.4f}")
     size = result.size_bytes
     table.add_row("size", f"{size['fp32']:,} -> {size['int8']:,} bytes ({size['ratio']:.2f}x)")
-    table.add_row("calibration", f"{result.calibration['name']} ({result.calibration['images']} images)")
+    table.add_row("calibration", f"{result.calibration['name']} ({result.calibration['images']} images, "
+                  f"{result.settings['method']}{' ' + format(result.settings['percentile'], 'g') if result.settings.get('percentile') else ''})")
     table.add_row("validation", f"{result.validation['name']} ({result.validation['images']} images)")
     table.add_row("most sensitive", ", ".join(f"{s['layer']} {s['snr_db']:.1f} dB" for s in result.sensitivity[:3]))
+    for step in result.fallback_steps:
+        table.add_row("fallback", step)
     table.add_row("kept in float", ", ".join(result.float_layers) or "-")
     table.add_row("written", f"{result.output}\n{result.float_output}\n{result.report}")
     _console().print(table)

@@ -38,7 +38,8 @@ class TFLiteSession:
     """Full-integer TFLite: calibrate once, requantize cheaply for each fallback attempt."""
 
     suffix = ".tflite"
-    methods = (Method.MINMAX,)
+    methods = (Method.MINMAX, Method.PERCENTILE)
+    percentile_steps = (99.99, 99.9)  # what --fallback tries before keeping layers in float
     io_types = (IOType.INT8, IOType.FLOAT)
     default_io = IOType.INT8
 
@@ -49,15 +50,26 @@ class TFLiteSession:
             raise ModelError(f"the tflite backend quantizes Keras models; {source.ref} is ONNX: use --backend onnx")
         self._t = tflite
         self.source, self.calib = source, calib
-        self.per_channel, self.int8_io = per_channel, io == IOType.INT8.value
-        self._calibrated: bytes | None = None
+        self.per_channel, self.int8_io, self.method = per_channel, io == IOType.INT8.value, method
+        self.percentile = tflite.PERCENTILE
+        self._recorded: bytes | None = None  # calibrated with the ranges as seen (min/max)
+        self._calibrated: bytes | None = None  # the same with the method's ranges
 
     def export_float(self) -> bytes:
         return self._t.export_float(self.source.keras_model)
 
+    def use_method(self, method: str, percentile: float | None = None) -> None:
+        """Quantize from now on with another calibration method (the recorded statistics are reused)."""
+        self.method, self._calibrated = method, None
+        self.percentile = percentile or self._t.PERCENTILE
+
     def quantize(self, float_layers: Sequence[str] = ()) -> bytes:
+        if self._recorded is None:
+            self._recorded = self._t.calibrate(self.source.keras_model, self.calib)
         if self._calibrated is None:
-            self._calibrated = self._t.calibrate(self.source.keras_model, self.calib)
+            self._calibrated = self._recorded
+            if self.method == Method.PERCENTILE.value:
+                self._calibrated = self._t.clip_ranges(self._recorded, self.calib, self.percentile)
         return self._t.quantize(self._calibrated, self.per_channel, self.int8_io, float_layers)
 
     def predictor(self, model: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
@@ -103,6 +115,13 @@ class ONNXSession:
     def export_float(self) -> bytes:
         return self.float_path.read_bytes()
 
+    percentile = 99.999  # onnxruntime's own default, the only one used
+    percentile_steps = (99.999,)
+
+    def use_method(self, method: str, percentile: float | None = None) -> None:
+        """Quantize from now on with another calibration method (its ranges are cached apart)."""
+        self.method = method
+
     def quantize(self, float_layers: Sequence[str] = ()) -> bytes:
         if self._pre is None:
             self._pre = self._o.preprocess(self.float_path, self.work)
@@ -136,7 +155,7 @@ def check_options(backend: str, method: str, io: str | None) -> str:
     cls = BACKENDS[backend]
     if method not in {m.value for m in cls.methods}:
         raise EdgecnnError(f"the {backend} backend calibrates with {', '.join(m.value for m in cls.methods)} only, "
-                           f"not {method}; use --backend onnx for entropy or percentile")
+                           f"not {method}; use --backend onnx for {method}")
     io = io or cls.default_io.value
     if io not in {t.value for t in cls.io_types}:
         raise EdgecnnError(f"the {backend} backend writes QDQ models with float inputs/outputs; use --io float "

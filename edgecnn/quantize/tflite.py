@@ -84,6 +84,63 @@ def calibrate(keras_model, calib: CalibrationData) -> bytes:
     return _convert(c, "calibration")
 
 
+PERCENTILE = 99.99  # default for --method percentile (tflite): kept 0.4-0.8 pt drops on V2, V3 and YOLO-Lite
+BINS = 2048
+
+
+def clip_ranges(calibrated: bytes, calib: CalibrationData, percentile: float = PERCENTILE) -> bytes:
+    """The calibrated model with each activation's [min, max] narrowed to its `percentile` range.
+
+    TFLite's calibration records the extreme values seen (min/max). A few outliers
+    then stretch a tensor's int8 grid over values that almost never occur; MobileNetV3's
+    hard-swish/squeeze-excite blocks lose about 3 top-1 points that way. Here the
+    calibrated (still float) model runs once more over the calibration images with every
+    intermediate tensor kept, a histogram of each activation over its recorded range gives
+    the (100 - p) and p percentiles, and those become the range the quantizer sees
+    (never wider than recorded, and always containing 0, as int8 zero points need).
+    Weights and other constant tensors are left alone.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    import flatbuffers
+
+    if not 50.0 < percentile < 100.0:
+        raise EdgecnnError(f"percentile must be between 50 and 100 (exclusive), got {percentile:g}")
+    model = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(calibrated, 0))
+    graph = model.subgraphs[0]
+    ranges = {}
+    for index, tensor in enumerate(graph.tensors):
+        q = tensor.quantization
+        data = model.buffers[tensor.buffer].data if tensor.buffer < len(model.buffers) else None
+        if q is not None and q.min is not None and len(q.min) == 1 and (data is None or len(data) == 0):
+            if q.max[0] > q.min[0]:
+                ranges[index] = (float(q.min[0]), float(q.max[0]))
+    if not ranges:
+        raise EdgecnnError("the calibrated model records no activation ranges to clip")
+    hist = {index: np.zeros(BINS, np.int64) for index in ranges}
+    it = _interpreter(calibrated, delegates=False, keep_tensors=True)
+    inp = it.get_input_details()[0]["index"]
+    for i in range(len(calib.images)):
+        it.set_tensor(inp, calib.images[i:i + 1])
+        it.invoke()
+        for index, (lo, hi) in ranges.items():
+            values = it.get_tensor(index)
+            hist[index] += np.histogram(values, BINS, (lo, hi))[0]
+    tail = (100.0 - percentile) / 100.0
+    for index, (lo, hi) in ranges.items():
+        counts = np.cumsum(hist[index])
+        if counts[-1] == 0:
+            continue
+        edges = np.linspace(lo, hi, BINS + 1)
+        low = edges[int(np.searchsorted(counts, tail * counts[-1]))]
+        high = edges[min(int(np.searchsorted(counts, (1.0 - tail) * counts[-1])) + 1, BINS)]
+        q = graph.tensors[index].quantization
+        q.min, q.max = [min(max(float(low), lo), 0.0)], [max(min(float(high), hi), 0.0)]
+    builder = flatbuffers.Builder(len(calibrated) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def quantize(calibrated: bytes, per_channel: bool = True, int8_io: bool = True,
              float_layers: Sequence[str] = ()) -> bytes:
     """int8 weights and activations from a calibrated model; float_layers (tensor names) stay float."""
@@ -103,14 +160,15 @@ def quantize(calibrated: bytes, per_channel: bool = True, int8_io: bool = True,
     return model
 
 
-def _interpreter(model: bytes, threads: int = 1, delegates: bool = True):
+def _interpreter(model: bytes, threads: int = 1, delegates: bool = True, keep_tensors: bool = False):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     # Without the default (XNNPACK) delegate the op list shows the model's own ops, not one DELEGATE node.
     resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
         with _quiet(stderr=True):  # 'INFO: Created TensorFlow Lite XNNPACK delegate' on every load
-            it = Interpreter(model_content=model, num_threads=threads, experimental_op_resolver_type=resolver)
+            it = Interpreter(model_content=model, num_threads=threads, experimental_op_resolver_type=resolver,
+                             experimental_preserve_all_tensors=keep_tensors)
         it.allocate_tensors()
         return it
     except (ValueError, RuntimeError) as e:

@@ -136,7 +136,7 @@ def _bad_input_cases(files, tmp: Path):
         (gray, files["calib"], {}, ModelError, "wants 1 channels"),
         (big, files["calib"], {}, ModelError, "does not match the preprocessing size 32x32"),
         (nosidecar, files["calib"], {}, ModelError, "no preprocessing for bare.keras"),
-        (files["model"], files["calib"], {"method": "entropy"}, EdgecnnError, "minmax only"),
+        (files["model"], files["calib"], {"method": "entropy"}, EdgecnnError, "minmax, percentile only, not entropy"),
         (files["model"], files["calib"], {"backend": "onnx", "io": "int8"}, EdgecnnError, "use --io float"),
         (files["model"], files["calib"], {"fallback": True}, EdgecnnError, "--fallback needs --max-drop"),
         ("mobilenet_v2:alpha=0.1", files["calib"], {}, ModelError, "alpha must be"),
@@ -202,3 +202,39 @@ def test_fallback_search_doubles_then_bisects_to_the_fewest_layers():
     assert tried == [1, 2, 4, 8, 16, 12, 10, 11]
     with pytest.raises(AccuracyError, match="all 20 measured layers"):
         sens.search(ranked, lambda layers: sens.Attempt(layers, 5.0), 1.0, lambda a: "drops 5")
+
+
+def test_percentile_ranges_narrow_activations_and_leave_weights(files):
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    from edgecnn.quantize import tflite
+    from edgecnn.quantize.calibration import build_calibration
+    from edgecnn.quantize.source import resolve_model
+    from edgecnn.data.calibration import load_calibration_set
+
+    src = resolve_model(files["model"])
+    data = build_calibration(load_calibration_set(files["calib"]), src.preprocessing)
+    recorded = tflite.calibrate(src.keras_model, data)
+    clipped = tflite.clip_ranges(recorded, data, 99.0)
+
+    def ranges(model):
+        m = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(model, 0))
+        g = m.subgraphs[0]
+        return {t.name: (t.quantization.min[0], t.quantization.max[0], m.buffers[t.buffer].data is not None)
+                for t in g.tensors if t.quantization is not None and t.quantization.min is not None}
+
+    before, after = ranges(recorded), ranges(clipped)
+    assert before.keys() == after.keys()
+    narrowed = 0
+    for name, (lo, hi, const) in before.items():
+        lo2, hi2, _ = after[name]
+        if const:
+            assert (lo2, hi2) == (lo, hi)  # weights keep their ranges
+            continue
+        assert min(lo, 0.0) <= lo2 <= 0.0 <= hi2 <= max(hi, 0.0)  # never wider, always holds 0
+        narrowed += (lo2, hi2) != (lo, hi)
+    assert narrowed >= 2
+    model = tflite.quantize(clipped, True, True)
+    assert not tflite.float_ops(model)  # still a full-integer model
+    with pytest.raises(EdgecnnError, match="percentile must be between 50 and 100"):
+        tflite.clip_ranges(recorded, data, 100.0)
