@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 import platform
+from contextlib import contextmanager
 from typing import ClassVar
 
 import numpy as np
 
-from edgecnn.artifacts import Bundle, TensorSpec
+from edgecnn.artifacts import Bundle, TensorSpec, text_sha256
 from edgecnn.errors import DataError, ModelError
 
 RUNNER_HINT = "pip install 'edgecnn[runner]'"
@@ -275,10 +276,9 @@ class TvmSession(Session):
             config(1, self.threads)  # 1: TVM's "big cores" mode, the default; nthreads as asked
         path = bundle.file("model")
         kernels = self.manifest.runtime.get("cuda_kernels")
-        if kernels:
-            _serve_cuda_kernels(bundle, kernels)
         try:
-            self._vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), self._dev)
+            with _serving_cuda_kernels(bundle, kernels):
+                self._vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), self._dev)
             self._fn = self._vm[self.manifest.runtime.get("entry", "main")]
         except (RuntimeError, ValueError, AttributeError, OSError) as e:
             raise ModelError(f"the TVM runtime cannot load {path}: {_first_line(e)}") from None
@@ -321,20 +321,23 @@ def _load_tvm_cuda(tvm) -> None:
                              "TVM runtime built with USE_CUDA=ON (on a Jetson, TVM's runtime built from source)")
 
 
-def _serve_cuda_kernels(bundle: Bundle, kernels: dict) -> None:
-    """Let TVM load a CUDA library built without a GPU: hand it the bundled cubin for the source it holds.
+@contextmanager
+def _serving_cuda_kernels(bundle: Bundle, kernels: dict | None):
+    """While TVM loads a CUDA library built without a GPU, hand it the bundled cubin for the source it holds.
 
     Such a library keeps its kernels as CUDA C and TVM compiles them when it
     loads the module, through the global `tvm_callback_cuda_compile` (NVRTC).
     The bundle already holds them compiled for the board (kernels.cubin, with
-    the sha256 of the source); this callback returns that cubin for exactly
-    that source, so the board needs no NVRTC. Any other source is an error,
-    never a silent recompile.
+    the sha256 of the source); inside this block that callback returns the cubin
+    for exactly that source, so the board needs no NVRTC. Any other source is an
+    error, never a silent recompile. The previous callback is put back after.
     """
+    if not kernels:
+        yield
+        return
     import tvm_ffi
 
-    from edgecnn.artifacts import text_sha256
-
+    name = "tvm_callback_cuda_compile"
     cubin = bundle.file("kernels").read_bytes()
     expected = kernels.get("source_sha256", "")
 
@@ -344,7 +347,13 @@ def _serve_cuda_kernels(bundle: Bundle, kernels: dict) -> None:
                                "built from; rebuild the bundle")
         return cubin
 
-    tvm_ffi.register_global_func("tvm_callback_cuda_compile", compiled, override=True)
+    previous = tvm_ffi.get_global_func(name, allow_missing=True)
+    tvm_ffi.register_global_func(name, compiled, override=True)
+    try:
+        yield
+    finally:
+        if previous is not None:
+            tvm_ffi.register_global_func(name, previous, override=True)
 
 
 def _check_count(bundle: Bundle, inputs: int, outputs: int) -> None:

@@ -66,23 +66,23 @@ def test_cubin_for_another_gpu_is_refused(files, tmp_path):
 def test_runner_hands_tvm_the_bundled_cubin_only_for_its_source(files, tmp_path):
     import tvm_ffi
 
-    from edgecnn.runner.sessions import _serve_cuda_kernels
+    from edgecnn.runner.sessions import _serving_cuda_kernels
 
     out = tmp_path / "orin"
     compile_model(files["model"], "jetson-orin", backend="tvm", calib=files["calib"], output_dir=out)
     b = load_bundle(out)
     name = "tvm_callback_cuda_compile"
     original = tvm_ffi.get_global_func(name, allow_missing=True)
-    try:
-        source = "// the CUDA source model.so holds"
-        _serve_cuda_kernels(b, {**b.manifest.runtime["cuda_kernels"], "source_sha256": text_sha256(source)})
+    tvm_ffi.register_global_func(name, lambda *_: b"before", override=True)
+    source = "// the CUDA source model.so holds"
+    with _serving_cuda_kernels(b, {**b.manifest.runtime["cuda_kernels"], "source_sha256": text_sha256(source)}):
         served = tvm_ffi.get_global_func(name)
         assert bytes(served(source)) == b.file("kernels").read_bytes()
         with pytest.raises(Exception, match="was not built from"):
             served(source + " changed")
-    finally:
-        if original is not None:
-            tvm_ffi.register_global_func(name, original, override=True)
+    assert bytes(tvm_ffi.get_global_func(name)(source)) == b"before"  # put back once the library is loaded
+    if original is not None:
+        tvm_ffi.register_global_func(name, original, override=True)
 
 
 def test_cuda_bundle_on_a_machine_without_gpu_is_one_clear_error(files, tmp_path):
