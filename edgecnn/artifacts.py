@@ -16,26 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import ModelError
+from edgecnn.kinds import Backend, Precision
+
+__all__ = ["Backend", "Bundle", "Manifest", "Precision", "TensorSpec", "file_sha256", "load_bundle",
+           "text_sha256", "write_manifest"]
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
-
-
-class Backend(str, Enum):
-    TFLITE = "tflite"
-    ONNX = "onnx"
-    TVM = "tvm"
-
-
-class Precision(str, Enum):
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"
 
 
 @dataclass(frozen=True)
@@ -59,10 +50,11 @@ class Manifest:
     """manifest.json of a bundle. `files` maps a role to a file name inside the bundle.
 
     Roles: "model" (the .tflite / .onnx file, or TVM's aarch64/x86 shared library);
-    a backend may add more (e.g. "params"). `runtime` holds the backend's settings
+    a backend may add more (e.g. "params"). `backend_options` holds the backend's settings
     the runner must honour: {"threads": 4, "delegate": "xnnpack"} for TFLite,
     {"execution_provider": "CPUExecutionProvider"} for ONNX, {"device": "cpu" | "cuda",
-    "entry": "main"} for TVM. `postprocess` for detectors: {"kind": "yolo_region",
+    "entry": "main"} for TVM (manifests written before the rename call it `runtime`; both
+    read the same). `postprocess` for detectors: {"kind": "yolo_region",
     "conf_threshold", "iou_threshold", "max_detections"}; null for classifiers.
     """
 
@@ -74,12 +66,12 @@ class Manifest:
     files: dict[str, str]
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    task: str  # "classification" | "detection"
+    task: str  # a Task value: "classification" | "detection"
     preprocessing: dict[str, Any]  # edgecnn.data.preprocess.Preprocessing.to_dict()
     classes: list[str] | None = None
     head: dict[str, Any] | None = None  # detectors: {"anchors": [[w, h], ...], "grid": 7, "stride": 32}
     postprocess: dict[str, Any] | None = None
-    runtime: dict[str, Any] = field(default_factory=dict)
+    backend_options: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # {"ref", "sha256", "weights"}
     pruning: dict[str, Any] | None = None  # {"method": "channel", "ratio": 0.3}
     macs: int | None = None
@@ -95,21 +87,30 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
-        d = _known(cls, d, "manifest")
+        d = _known(cls, _renamed(d), "manifest")
         version = d.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
             raise ModelError(f"bundle format {version} is not supported (this edgecnn reads {FORMAT_VERSION})")
-        for key in ("backend", "precision"):
-            enum = Backend if key == "backend" else Precision
-            if d.get(key) not in {e.value for e in enum}:
-                raise ModelError(f"manifest: {key} must be one of {', '.join(e.value for e in enum)}, "
-                                 f"got {d.get(key)!r}")
+        for key, kind in (("backend", Backend), ("precision", Precision)):
+            if d.get(key) not in kind.values():
+                raise ModelError(f"manifest: {key} must be one of {', '.join(kind.values())}, got {d.get(key)!r}")
         try:
             d["inputs"] = [TensorSpec.from_dict(t) for t in d["inputs"]]
             d["outputs"] = [TensorSpec.from_dict(t) for t in d["outputs"]]
             return cls(**d)
         except (KeyError, TypeError) as e:
             raise ModelError(f"manifest: missing or malformed field ({e})") from None
+
+
+def _renamed(d: Any) -> Any:
+    """A manifest dict with the pre-rename `runtime` key read as `backend_options`."""
+    if not isinstance(d, dict) or "runtime" not in d:
+        return d
+    if "backend_options" in d:
+        raise ModelError("manifest: both runtime and backend_options given (runtime is the old name)")
+    d = dict(d)
+    d["backend_options"] = d.pop("runtime")
+    return d
 
 
 def _known(cls, d: Any, what: str) -> dict[str, Any]:

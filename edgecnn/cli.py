@@ -1,7 +1,10 @@
 """The `edgecnn` command line: each command parses, calls one library function, prints.
 
-Every error the user can fix is an EdgecnnError; `main` turns it (and click's
-usage errors) into one `Error: ...` line and a non-zero exit code.
+Commands follow the pipeline: targets, zoo, prune, quantize, compile, bench,
+emulator. Every choice comes from edgecnn.kinds; tables come from
+edgecnn.render (bench's from edgecnn.report). Every error the user can fix is
+an EdgecnnError; `main` turns it (and click's usage errors) into one
+`Error: ...` line and a non-zero exit code.
 """
 
 from __future__ import annotations
@@ -9,23 +12,68 @@ from __future__ import annotations
 import json
 import os
 import sys
-from enum import Enum
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import click
 
-from edgecnn import __version__
+from edgecnn import __version__, render
 from edgecnn.errors import EdgecnnError
+from edgecnn.kinds import (Backend, IOType, Kind, OutputFormat, Precision, PruneImportance, PruneMethod, PruneScope,
+                           QuantBackend, QuantMethod, ReportFormat)
+
+# ---------------------------------------------------------------------------- shared options and output
 
 
-class OutputFormat(str, Enum):
-    TABLE = "table"
-    JSON = "json"
+def choice(kind: type[Kind]) -> click.Choice:
+    """The click.Choice of a closed set, so help and validation follow edgecnn.kinds."""
+    return click.Choice(kind.values())
 
 
-FORMAT_OPTION = click.option(
-    "--format", "fmt", type=click.Choice([f.value for f in OutputFormat]), default=OutputFormat.TABLE.value,
-    show_default=True, help="Output format.",
-)
+def options(*decorators: Callable) -> Callable:
+    """Several click options as one decorator, shown by --help in the order given."""
+
+    def apply(f: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+format_option = click.option("--format", "fmt", type=choice(OutputFormat), default=OutputFormat.TABLE.value,
+                             show_default=True, help="Output format.")
+
+
+def stage_output(help: str) -> Callable:
+    """-o/--output (the folder a stage writes, `help` says what goes in it) and --format."""
+    return options(click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False),
+                                help=help), format_option)
+
+
+def weights_option(help: str = "Zoo models: demo, random, imagenet or a .weights.h5 file.") -> Callable:
+    return click.option("--weights", default="demo", show_default=True, help=help)
+
+
+def target_option(required: bool = True,
+                  help: str = "Target name, alias or TOML file (see `edgecnn targets`).") -> Callable:
+    return click.option("--target", required=required, default=None, help=help)
+
+
+def calib_option(help: str, required: bool = False) -> Callable:
+    return click.option("--calib", required=required, default=None, help=help)
+
+
+def data_option(name: str, help: str) -> Callable:
+    """A labelled data set option (--data, --val): a path, the demo split when left out."""
+    return click.option(name, type=click.Path(), default=None, help=help)
+
+
+def progress_log(fmt: str | None = None) -> Callable[[str], None]:
+    """Where a library call's progress lines go: indented on stderr, nowhere when stdout carries JSON."""
+    if fmt == OutputFormat.JSON:
+        return lambda msg: None
+    return lambda msg: click.echo(f"  {msg}", err=True)
 
 
 def _console():
@@ -34,8 +82,14 @@ def _console():
     return Console()
 
 
-def _print_json(data) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+def emit(fmt: str, data: Any, table: Callable[..., Any], *args: Any, notes: Iterable[str] = ()) -> None:
+    """Print `data` as JSON, or each note as a `Warning:` line on stderr and then `table(*args)`."""
+    if fmt == OutputFormat.JSON:
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for note in notes:
+        click.echo(f"Warning: {note}", err=True)
+    _console().print(table(*args))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,7 +102,7 @@ def cli() -> None:
 
 
 @cli.group("targets", invoke_without_command=True)
-@FORMAT_OPTION
+@format_option
 @click.pass_context
 def targets_cmd(ctx: click.Context, fmt: str) -> None:
     """List the boards edgecnn knows (one TOML file each under targets/)."""
@@ -57,57 +111,25 @@ def targets_cmd(ctx: click.Context, fmt: str) -> None:
     from edgecnn.targets import list_targets
 
     targets = list_targets()
-    if fmt == OutputFormat.JSON.value:
-        _print_json([t.to_dict() for t in targets])
-        return
-    from rich.table import Table
-
-    table = Table(title="Targets")
-    for col in ("name", "board", "cpu", "cores", "MHz", "runtimes", "gpu"):
-        table.add_column(col)
-    for t in targets:
-        table.add_row(t.name, t.board or t.description, t.cpu, str(t.cores), str(t.clock_mhz or "-"),
-                      ",".join(t.runtimes), t.gpu.arch if t.gpu else "-")
-    _console().print(table)
+    emit(fmt, [t.to_dict() for t in targets], render.targets_table, targets)
 
 
 @targets_cmd.command("show")
 @click.argument("name")
-@FORMAT_OPTION
+@format_option
 def targets_show(name: str, fmt: str) -> None:
     """Show one target by name, alias or path to a .toml file."""
     from edgecnn.targets import get_target
 
     data = get_target(name).to_dict()
-    if fmt == OutputFormat.JSON.value:
-        _print_json(data)
-        return
-    from rich.table import Table
-
-    table = Table(title=f"Target {data['name']}", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    for key, value in data.items():
-        if isinstance(value, (dict, list)):
-            value = json.dumps(value)
-        table.add_row(key, "-" if value in ("", None) else str(value))
-    _console().print(table)
+    emit(fmt, data, render.target_table, data)
 
 
 # ---------------------------------------------------------------------------- zoo
 
 
-def _fmt_count(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= div:
-            return f"{n / div:.2f}{unit}"
-    return str(n)
-
-
 @cli.group("zoo", invoke_without_command=True)
-@FORMAT_OPTION
+@format_option
 @click.pass_context
 def zoo_cmd(ctx: click.Context, fmt: str) -> None:
     """List the model zoo: input size, parameters and MACs (computed from the built model)."""
@@ -116,235 +138,213 @@ def zoo_cmd(ctx: click.Context, fmt: str) -> None:
     from edgecnn.zoo import list_models, model_info
 
     infos = [model_info(spec.name) for spec in list_models()]
-    if fmt == OutputFormat.JSON.value:
-        _print_json(infos)
-        return
-    from rich.table import Table
-
-    table = Table(title="Model zoo", caption="Options: NAME:key=value,...  Details: edgecnn zoo show NAME")
-    table.add_column("name", no_wrap=True)
-    for col in ("task", "input", "params", "MACs", "demo"):
-        table.add_column(col, no_wrap=True, justify="right" if col in ("params", "MACs") else "left")
-    for info in infos:
-        table.add_row(info["name"], info["task"], "x".join(str(d) for d in info["input_shape"][:2]),
-                      _fmt_count(info["params"]), _fmt_count(info["macs"]),
-                      "yes" if info["demo_weights"] else "-")
-    _console().print(table)
+    emit(fmt, infos, render.zoo_table, infos)
 
 
 @zoo_cmd.command("show")
 @click.argument("model")
-@FORMAT_OPTION
+@format_option
 def zoo_show(model: str, fmt: str) -> None:
     """Show one zoo model (NAME or NAME:key=value,...) or a model file (.keras, .h5, SavedModel, .onnx, .tflite)."""
     from edgecnn.zoo import describe
 
     info = describe(model)
-    if fmt == OutputFormat.JSON.value:
-        _print_json(info)
-        return
-    from rich.table import Table
+    emit(fmt, info, render.model_table, info, model)
 
-    table = Table(title=str(info.get("name", model)), show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    for key, value in info.items():
-        if key in ("params", "macs") and isinstance(value, int):
-            value = f"{value:,} ({_fmt_count(value)})"
-        elif isinstance(value, (dict, list)):
-            value = json.dumps(value)
-        table.add_row(key, "-" if value in ("", None) else str(value))
-    _console().print(table)
+
+# ---------------------------------------------------------------------------- prune
+
+
+@cli.command("prune")
+@click.argument("model")
+@click.option("--method", type=choice(PruneMethod), required=True,
+              help="channel: remove whole channels (faster everywhere); magnitude: zero single weights (smaller).")
+@click.option("--ratio", type=float, required=True,
+              help="channel: share of prunable channels removed; magnitude: target sparsity (0 < R < 1).")
+@click.option("--importance", type=choice(PruneImportance), default=PruneImportance.L1.value, show_default=True,
+              help="Channel ranking: filter L1/L2 norm or batch-norm |gamma|.")
+@click.option("--scope", type=choice(PruneScope), default=PruneScope.GLOBAL.value, show_default=True,
+              help="One ranking over all layers, or the same ratio per layer.")
+@click.option("--finetune-epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs (0: none).")
+@data_option("--data", "Labelled training data (class folders, COCO JSON, VOC, YOLO txt) [default: demo train split].")
+@data_option("--val", "Labelled held-out data for accuracy [default: demo val split].")
+@weights_option()
+@click.option("--max-drop", type=float, default=None, help="Allowed accuracy drop in points; past it: error.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="LiteRT threads for the before/after latency.")
+@stage_output("Folder for <model>-pruned.keras and <model>-pruned.json.")
+def prune_cmd(model, method, ratio, importance, scope, finetune_epochs, data, val, weights, max_drop, threads,
+              output_dir, fmt) -> None:
+    """Prune MODEL (zoo name or .keras/.h5 file with its .json sidecar), fine-tune, and measure it."""
+    from edgecnn.prune import prune
+
+    r = prune(model, method, ratio, importance=importance, scope=scope, finetune_epochs=finetune_epochs,
+              data=data, val=val, weights=weights, output_dir=output_dir, max_drop=max_drop, threads=threads,
+              log=progress_log(fmt))
+    emit(fmt, r.to_dict(), render.prune_table, r, notes=r.warnings)
+    if fmt != OutputFormat.JSON:
+        click.echo(f"written: {r.output}, {r.report}")
 
 
 # ---------------------------------------------------------------------------- quantize
 
-# Literal lists keep `edgecnn --help` light; tests/unit/test_quantize.py checks them against the enums.
-_QUANT_BACKENDS = ("tflite", "onnx")
-_QUANT_METHODS = ("minmax", "entropy", "percentile")
-_QUANT_IO = ("int8", "float")
-
 
 @cli.command("quantize")
 @click.argument("model")
-@click.option("--calib", required=True, help="Calibration set: a name under calibration/ or a folder of images.")
-@click.option("--backend", type=click.Choice(_QUANT_BACKENDS), default="tflite", show_default=True)
+@calib_option("Calibration set: a name under calibration/ or a folder of images.", required=True)
+@click.option("--backend", type=choice(QuantBackend), default=QuantBackend.TFLITE.value, show_default=True)
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="Weight scales per channel or per tensor.")
-@click.option("--method", type=click.Choice(_QUANT_METHODS), default="minmax", show_default=True,
+@click.option("--method", type=choice(QuantMethod), default=QuantMethod.MINMAX.value, show_default=True,
               help="Activation range calibration (tflite: minmax or percentile 99.99; onnx: all three).")
-@click.option("--io", type=click.Choice(_QUANT_IO), default=None,
+@click.option("--io", type=choice(IOType), default=None,
               help="Model input/output type [default: int8 for tflite, float for onnx].")
 @click.option("--max-drop", type=float, default=None,
               help="Allowed accuracy drop in points (top-1, or mAP@0.5:0.95); past it: error, exit 1.")
 @click.option("--fallback", is_flag=True,
               help="Past --max-drop: try percentile ranges, then keep the most sensitive layers in float.")
-@click.option("--weights", default="demo", show_default=True,
-              help="Zoo models: demo, random, imagenet or a .weights.h5 file.")
-@click.option("--val", type=click.Path(), default=None,
-              help="Labelled held-out data (class folders, COCO JSON, VOC, YOLO txt) [default: demo val split].")
+@weights_option()
+@data_option("--val", "Labelled held-out data (class folders, COCO JSON, VOC, YOLO txt) [default: demo val split].")
 @click.option("--val-limit", type=click.IntRange(min=1), default=None, help="Validate on the first N images only.")
-@click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for <model>-int8.*, <model>-fp32.* and <model>-int8.json.")
-@FORMAT_OPTION
+@stage_output("Folder for <model>-int8.*, <model>-fp32.* and <model>-int8.json.")
 def quantize_cmd(model, calib, backend, per_channel, method, io, max_drop, fallback, weights, val, val_limit,
                  output_dir, fmt) -> None:
     """Quantize MODEL (zoo name or .keras/.h5/.onnx file) to int8 and validate it against fp32."""
-    from edgecnn.quantize import quantize
-
-    def log(msg: str) -> None:
-        if fmt != OutputFormat.JSON.value:
-            click.echo(f"  {msg}", err=True)
-
     import warnings
 
+    from edgecnn.quantize import quantize
+
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the notes are printed below, once
+        warnings.simplefilter("ignore", UserWarning)  # the result's notes are printed once, below
         result = quantize(model, calib, output_dir, backend=backend, per_channel=per_channel, method=method, io=io,
                           max_drop=max_drop, fallback=fallback, weights=weights, val=val, val_limit=val_limit,
-                          log=log)
-    if fmt == OutputFormat.JSON.value:
-        _print_json(result.to_dict())
-        return
-    from rich.table import Table
-
-    from edgecnn.quantize.validate import describe_accuracy
-
-    for note in result.warnings:
-        click.echo(f"Warning: {note}", err=True)
-    acc = result.accuracy
-    table = Table(title=f"{result.model} -> int8 ({result.backend})", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    table.add_row("accuracy fp32", describe_accuracy(result.task, acc["fp32"]))
-    table.add_row("accuracy int8", describe_accuracy(result.task, acc["int8"]))
-    table.add_row("drop (points)", "-" if acc["drop_points"] is None else f"{acc['drop_points']:.2f}")
-    for o in result.outputs:
-        table.add_row(f"output {o['name']}", f"SNR {o['snr_db']:.1f} dB, cosine {o['cosine']:.4f}")
-    size = result.size_bytes
-    table.add_row("size", f"{size['fp32']:,} -> {size['int8']:,} bytes ({size['ratio']:.2f}x)")
-    table.add_row("calibration", f"{result.calibration['name']} ({result.calibration['images']} images, "
-                  f"{result.settings['method']}{' ' + format(result.settings['percentile'], 'g') if result.settings.get('percentile') else ''})")
-    table.add_row("validation", f"{result.validation['name']} ({result.validation['images']} images)")
-    table.add_row("most sensitive", ", ".join(f"{s['layer']} {s['snr_db']:.1f} dB" for s in result.sensitivity[:3]))
-    for step in result.fallback_steps:
-        table.add_row("fallback", step)
-    table.add_row("kept in float", ", ".join(result.float_layers) or "-")
-    table.add_row("written", f"{result.output}\n{result.float_output}\n{result.report}")
-    _console().print(table)
+                          log=progress_log(fmt))
+    emit(fmt, result.to_dict(), render.quantize_table, result, notes=result.warnings)
 
 
-# ---------------------------------------------------------------------------- emulator
+# ---------------------------------------------------------------------------- compile
 
 
-def _print_pieces(pieces, fmt: str, title: str) -> None:
-    if fmt == OutputFormat.JSON.value:
-        from edgecnn.emulate.environment import is_ready
+@cli.command("compile")
+@click.argument("model")
+@target_option()
+@click.option("--backend", type=choice(Backend), default=None,
+              help="Runtime to compile for [default: the target's first runtime].")
+@click.option("--precision", type=choice(Precision), default=Precision.FP32.value, show_default=True,
+              help="fp16: tflite float16 weights; int8: tflite/onnx through edgecnn quantize, or an int8 file.")
+@click.option("--tune", is_flag=True, help="TVM: tune with MetaSchedule (host only; records kept and reused).")
+@click.option("--trials", type=click.IntRange(min=1), default=2000, show_default=True,
+              help="Total MetaSchedule trials for the tuning database of this model and target.")
+@calib_option("Calibration set for int8 (name under calibration/ or folder) [default: demo-<task> for demo models].")
+@weights_option()
+@click.option("--no-verify", is_flag=True, help="Skip comparing the bundle's outputs with the source model.")
+@stage_output("The bundle folder to write (model file(s) + manifest.json).")
+def compile_cmd(model, target, backend, precision, tune, trials, calib, weights, no_verify, output_dir, fmt) -> None:
+    """Compile MODEL (zoo name, .keras/.h5, .onnx or .tflite) for a target into a verified bundle."""
+    from edgecnn.compile import compile_model
 
-        _print_json({"ok": is_ready(pieces), "pieces": [p.to_dict() for p in pieces]})
-        return
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("piece", no_wrap=True)
-    table.add_column("state", no_wrap=True)
-    table.add_column("version")
-    table.add_column("path / what to do", overflow="fold")
-    for p in pieces:
-        state = "ok" if p.ok else "missing" if p.required else "optional"
-        table.add_row(p.name, state, p.version or "-", p.path if p.ok else p.hint)
-    _console().print(table)
-
-
-@cli.group("emulator")
-def emulator_cmd() -> None:
-    """Emulated ARM: an aarch64 sysroot and wheels for qemu-user (no Docker, no binfmt)."""
-
-
-@emulator_cmd.command("setup")
-@click.option("--target", default=None, help="Prepare this target's view only [default: every emulated target].")
-@click.option("--with-tvm", is_flag=True, help="Also install the apache-tvm aarch64 runtime (95 MB download).")
-@FORMAT_OPTION
-def emulator_setup(target: str | None, with_tvm: bool, fmt: str) -> None:
-    """Build (or reuse) the sysroot, aarch64 wheels, counting plugin and per-target views."""
-    from edgecnn.emulate import setup
-
-    pieces = setup(target, with_tvm=with_tvm, log=lambda msg: click.echo(f"  {msg}", err=True))
-    _print_pieces(pieces, fmt, "Emulator environment")
-
-
-@emulator_cmd.command("status")
-@FORMAT_OPTION
-def emulator_status(fmt: str) -> None:
-    """Say which pieces of the emulator environment exist, with versions and paths."""
-    from edgecnn.emulate import status
-
-    _print_pieces(status(), fmt, "Emulator environment")
-
-
-# ---------------------------------------------------------------------------- entry point
+    result = compile_model(model, target, backend=backend, precision=precision, output_dir=output_dir, tune=tune,
+                           trials=trials, calib=calib, weights=weights, verify=not no_verify, log=progress_log(fmt))
+    emit(fmt, result.to_dict(), render.compile_table, result)
 
 
 # ---------------------------------------------------------------------------- bench
 
-_BENCH_FORMATS = ("table", "json", "md", "csv")
+
+def comma_list(kind: type[Kind] | None = None) -> Callable:
+    """Callback for a comma-separated option: a list, None when empty (the library's default then).
+
+    With `kind`, every item must be one of its values, named in the error otherwise.
+    """
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+        items = [v.strip() for v in (value or "").split(",") if v.strip()]
+        for item in items if kind is not None else ():
+            if item not in kind.values():
+                raise click.BadParameter(f"unknown {param.name} {item!r}; choose from {', '.join(kind.values())}")
+        return items or None
+
+    return parse
 
 
-def _csv_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+def _percent(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    """Callback: '10%' or '10' -> 10.0."""
+    try:
+        return float(str(value).strip().rstrip("%"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a percentage like 10%", param_hint=param.opts[0]) from None
+
+
+_ssh_options = options(
+    click.option("--device", default=None, help="Bench on a board over SSH: user@host[:port]."),
+    click.option("--ssh-option", "ssh_options", multiple=True, help="With --device: an argument for ssh, "
+                 "repeatable (e.g. --ssh-option=-i --ssh-option=~/.ssh/pi)."),
+    click.option("--remote-python", default="python3", show_default=True, help="With --device: the board's Python."),
+)
+
+_regression_options = options(
+    click.option("--baseline", type=click.Path(), default=None,
+                 help="Bench JSON to compare with; exit 1 on regression."),
+    click.option("--max-map-drop", type=float, default=0.5, show_default=True, help="Points of mAP allowed to drop."),
+    click.option("--max-top1-drop", type=float, default=0.5, show_default=True,
+                 help="Points of top-1 allowed to drop."),
+    click.option("--max-latency-increase", default="10%", show_default=True, callback=_percent,
+                 help="Allowed p50 latency increase."),
+    click.option("--max-instructions-increase", default="2%", show_default=True, callback=_percent,
+                 help="Allowed emulated instruction-count increase."),
+)
 
 
 @cli.command("bench")
-@click.option("--target", required=True, help="Target name, alias or TOML file (see `edgecnn targets`).")
+@target_option()
 @click.option("--model", "models", multiple=True,
               help="Zoo model or model file; repeat for several [default: the demo models].")
-@click.option("--backend", default=None, help="Comma-separated: tflite,onnx,tvm [default: the target's preferred].")
-@click.option("--precision", default="fp32,int8", show_default=True, help="Comma-separated: fp32,fp16,int8.")
-@click.option("--prune", default=None, help="Comma-separated pruning variants, e.g. none,channel:0.3.")
-@click.option("--weights", default="demo", show_default=True, help="Zoo models: demo, random or a weights file.")
-@click.option("--data", type=click.Path(), default=None,
-              help="Labelled data set (COCO JSON, VOC, YOLO txt, class folders) [default: the demo val split].")
-@click.option("--device", default=None, help="Bench on a board over SSH: user@host[:port].")
-@click.option("--ssh-option", "ssh_options", multiple=True,
-              help="With --device: an argument for ssh, repeatable (e.g. --ssh-option=-i --ssh-option=~/.ssh/pi).")
-@click.option("--remote-python", default="python3", show_default=True, help="With --device: the board's Python.")
+@click.option("--backend", callback=comma_list(Backend), default=None,
+              help=f"Comma-separated: {','.join(Backend.values())} [default: the target's preferred].")
+@click.option("--precision", callback=comma_list(Precision),
+              default=f"{Precision.FP32.value},{Precision.INT8.value}", show_default=True,
+              help=f"Comma-separated: {','.join(Precision.values())}.")
+@click.option("--prune", callback=comma_list(), default=None,
+              help="Comma-separated pruning variants, e.g. none,channel:0.3.")
+@weights_option("Zoo models: demo, random or a weights file.")
+@data_option("--data", "Labelled data set (COCO JSON, VOC, YOLO txt, class folders) [default: the demo val split, "
+             "for the demo models only].")
+@calib_option("Calibration set for int8 (name under calibration/ or folder) [default: demo-<task>, for the demo "
+              "models only].")
+@_ssh_options
 @click.option("--emulate", is_flag=True, default=None, help="Run under qemu with the target's core.")
 @click.option("--limit", type=int, default=None, help="Evaluate on the first N images only.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per variant.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads [default: target cores].")
-@click.option("--baseline", type=click.Path(), default=None, help="Bench JSON to compare with; exit 1 on regression.")
-@click.option("--max-map-drop", type=float, default=0.5, show_default=True, help="Points of mAP allowed to drop.")
-@click.option("--max-top1-drop", type=float, default=0.5, show_default=True, help="Points of top-1 allowed to drop.")
-@click.option("--max-latency-increase", default="10%", show_default=True, help="Allowed p50 latency increase.")
-@click.option("--max-instructions-increase", default="2%", show_default=True,
-              help="Allowed emulated instruction-count increase.")
-@click.option("--format", "fmt", type=click.Choice(_BENCH_FORMATS), default="table", show_default=True)
+@_regression_options
+@click.option("--format", "fmt", type=choice(ReportFormat), default=ReportFormat.TABLE.value, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Accuracy vs latency PNG (Pareto front).")
-def bench_cmd(target, models, backend, precision, prune, weights, data, device, ssh_options, remote_python, emulate,
-              limit, runs, warmup, threads,
-              baseline, max_map_drop, max_top1_drop, max_latency_increase, max_instructions_increase, fmt, output,
-              plot) -> None:
+def bench_cmd(target, models, backend, precision, prune, weights, data, calib, device, ssh_options, remote_python,
+              emulate,
+              limit, runs, warmup, threads, baseline, max_map_drop, max_top1_drop, max_latency_increase,
+              max_instructions_increase, fmt, output, plot) -> None:
     """Benchmark models on a target: latency percentiles, FPS, accuracy; native, emulated or over SSH."""
     from edgecnn import report
     from edgecnn.bench.baseline import Thresholds, compare, load_baseline
     from edgecnn.bench.pipeline import bench, make_plan
 
-    thresholds = Thresholds(max_map_drop, max_top1_drop, _percent(max_latency_increase, "--max-latency-increase"),
-                            _percent(max_instructions_increase, "--max-instructions-increase"))
+    thresholds = Thresholds(max_map_drop, max_top1_drop, max_latency_increase, max_instructions_increase)
     base = load_baseline(baseline) if baseline else None  # a bad baseline fails before minutes of work
-    plan = make_plan(target, models=list(models) or None, backends=_csv_list(backend),
-                     precisions=_csv_list(precision), prunes=_csv_list(prune), device=device, emulate=emulate,
-                     data=data, limit=limit, runs=runs, warmup=warmup, threads=threads, weights=weights,
-                     ssh_options=tuple(ssh_options), remote_python=remote_python)
-    doc = _run_with_progress(plan, bench, quiet=fmt != "table" and output is None)
-    text = report.render(doc, "md" if fmt == "table" else fmt)
+    plan = make_plan(target, models=list(models) or None, backends=backend, precisions=precision,
+                     prunes=prune, device=device, emulate=emulate, data=data, limit=limit, runs=runs,
+                     warmup=warmup, threads=threads, weights=weights, ssh_options=tuple(ssh_options),
+                     remote_python=remote_python, calib=calib)
+    doc = bench(plan) if fmt != ReportFormat.TABLE and output is None else render.with_progress(plan, bench)
+    text = report.render(doc, ReportFormat.MD.value if fmt == ReportFormat.TABLE else fmt)
     if output:
+        from pathlib import Path
+
         from edgecnn.paths import atomic_write_bytes
 
-        atomic_write_bytes(__import__("pathlib").Path(output), text.encode())
-    if fmt == "table":
+        atomic_write_bytes(Path(output), text.encode())
+    if fmt == ReportFormat.TABLE:
         _console().print(report.rich_table(doc))
         for note in doc.get("notes", []):
             click.echo(f"Note: {note}", err=True)
@@ -365,167 +365,37 @@ class _Regressed(EdgecnnError):
     """The bench run is worse than its baseline."""
 
 
-def _percent(text: str, option: str) -> float:
-    try:
-        return float(str(text).strip().rstrip("%"))
-    except ValueError:
-        raise click.BadParameter(f"{text!r} is not a percentage like 10%", param_hint=option) from None
+# ---------------------------------------------------------------------------- emulator
 
 
-def _run_with_progress(plan, bench, quiet: bool) -> dict:
-    """bench() with a progress bar on stderr (one step per variant), silent for machine-readable output."""
-    if quiet:
-        return bench(plan)
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
-        task = progress.add_task(f"bench {plan.target.name} ({plan.mode.value})", total=len(plan.variants))
-        return bench(plan, log=lambda msg: progress.update(task, description=msg),
-                     on_row=lambda row: progress.advance(task))
+@cli.group("emulator")
+def emulator_cmd() -> None:
+    """Emulated ARM: an aarch64 sysroot and wheels for qemu-user (no Docker, no binfmt)."""
 
 
-# ---------------------------------------------------------------------------- prune
+@emulator_cmd.command("setup")
+@target_option(required=False, help="Prepare this target's view only [default: every emulated target].")
+@click.option("--with-tvm", is_flag=True, help="Also install the apache-tvm aarch64 runtime (95 MB download).")
+@format_option
+def emulator_setup(target: str | None, with_tvm: bool, fmt: str) -> None:
+    """Build (or reuse) the sysroot, aarch64 wheels, counting plugin and per-target views."""
+    from edgecnn.emulate import setup
 
-# Literal lists keep `edgecnn --help` light; tests/unit/test_prune.py checks them against the enums.
-_PRUNE_METHODS = ("channel", "magnitude")
-_PRUNE_IMPORTANCE = ("l1", "l2", "bn")
-_PRUNE_SCOPES = ("global", "layer")
-
-
-@cli.command("prune")
-@click.argument("model")
-@click.option("--method", type=click.Choice(_PRUNE_METHODS), required=True,
-              help="channel: remove whole channels (faster everywhere); magnitude: zero single weights (smaller).")
-@click.option("--ratio", type=float, required=True,
-              help="channel: share of prunable channels removed; magnitude: target sparsity (0 < R < 1).")
-@click.option("--importance", type=click.Choice(_PRUNE_IMPORTANCE), default="l1", show_default=True,
-              help="Channel ranking: filter L1/L2 norm or batch-norm |gamma|.")
-@click.option("--scope", type=click.Choice(_PRUNE_SCOPES), default="global", show_default=True,
-              help="One ranking over all layers, or the same ratio per layer.")
-@click.option("--finetune-epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs (0: none).")
-@click.option("--data", type=click.Path(), default=None,
-              help="Labelled training data (class folders, COCO JSON, VOC, YOLO txt) [default: demo train split].")
-@click.option("--val", type=click.Path(), default=None,
-              help="Labelled held-out data for accuracy [default: demo val split].")
-@click.option("--weights", default="demo", show_default=True,
-              help="Zoo models: demo, random, imagenet or a .weights.h5 file.")
-@click.option("--max-drop", type=float, default=None, help="Allowed accuracy drop in points; past it: error.")
-@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
-              help="LiteRT threads for the before/after latency.")
-@click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False),
-              help="Folder for <model>-pruned.keras and <model>-pruned.json.")
-@FORMAT_OPTION
-def prune_cmd(model, method, ratio, importance, scope, finetune_epochs, data, val, weights, max_drop, threads,
-              output_dir, fmt) -> None:
-    """Prune MODEL (zoo name or .keras/.h5 file with its .json sidecar), fine-tune, and measure it."""
-    from edgecnn.prune import prune
-
-    def log(msg: str) -> None:
-        if fmt != OutputFormat.JSON.value:
-            click.echo(f"  {msg}", err=True)
-
-    r = prune(model, method, ratio, importance=importance, scope=scope, finetune_epochs=finetune_epochs,
-              data=data, val=val, weights=weights, output_dir=output_dir, max_drop=max_drop, threads=threads,
-              log=log)
-    if fmt == OutputFormat.JSON.value:
-        _print_json(r.to_dict())
-        return
-    from rich.table import Table
-
-    from edgecnn.quantize.validate import describe_accuracy
-
-    for note in r.warnings:
-        click.echo(f"Warning: {note}", err=True)
-    lat = r.latency
-    table = Table(title=f"{r.source} -> {r.method} pruning {r.ratio:g}")
-    for col in ("", "before", "after", "change"):
-        table.add_column(col, justify="left" if not col else "right")
-    pct = lambda a, b: f"{(b / a - 1) * 100:+.1f}%" if a else "-"  # noqa: E731
-    table.add_row("params", f"{r.params['before']:,}", f"{r.params['after']:,}",
-                  pct(r.params["before"], r.params["after"]))
-    table.add_row("MACs", _fmt_count(r.macs["before"]), _fmt_count(r.macs["after"]),
-                  pct(r.macs["before"], r.macs["after"]))
-    size = r.size_bytes
-    table.add_row("TFLite fp32 bytes", f"{size['tflite_before']:,}", f"{size['tflite_after']:,}",
-                  pct(size["tflite_before"], size["tflite_after"]))
-    table.add_row("TFLite gzip bytes", f"{size['tflite_gzip_before']:,}", f"{size['tflite_gzip_after']:,}",
-                  pct(size["tflite_gzip_before"], size["tflite_gzip_after"]))
-    if r.sparsity:
-        t = r.sparsity["tflite"]
-        table.add_row("sparsity", "0", f"{r.sparsity['achieved']:.3f}", f"{t['sparse_tensors']} sparse tensors")
-        table.add_row("sparse-encoded bytes", "-", f"{t['sparse_tflite_bytes']:,}", "")
-    if r.accuracy:
-        table.add_row("accuracy", describe_accuracy(r.task, r.accuracy["before"]),
-                      describe_accuracy(r.task, r.accuracy["after"]), f"-{r.accuracy['drop_points']:.2f} pts")
-    table.add_row(f"latency p50 ms ({lat['threads']} thr)", f"{lat['before']['p50']:.3f}",
-                  f"{lat['after']['p50']:.3f}", f"{lat['speedup']:.2f}x")
-    table.add_row("FPS", f"{lat['fps']['before']:.1f}", f"{lat['fps']['after']:.1f}", "")
-    _console().print(table)
-    click.echo(f"written: {r.output}, {r.report}")
+    pieces = setup(target, with_tvm=with_tvm, log=progress_log())
+    emit(fmt, render.pieces_doc(pieces), render.pieces_table, pieces, "Emulator environment")
 
 
-# ---------------------------------------------------------------------------- compile
+@emulator_cmd.command("status")
+@format_option
+def emulator_status(fmt: str) -> None:
+    """Say which pieces of the emulator environment exist, with versions and paths."""
+    from edgecnn.emulate import status
 
-# artifacts is standard library only: cheap enough for `edgecnn --help`.
-from edgecnn.artifacts import Backend as _Backend  # noqa: E402
-from edgecnn.artifacts import Precision as _Precision  # noqa: E402
+    pieces = status()
+    emit(fmt, render.pieces_doc(pieces), render.pieces_table, pieces, "Emulator environment")
 
 
-@cli.command("compile")
-@click.argument("model")
-@click.option("--target", required=True, help="Target name, alias or TOML file (see `edgecnn targets`).")
-@click.option("--backend", type=click.Choice([b.value for b in _Backend]), default=None,
-              help="Runtime to compile for [default: the target's first runtime].")
-@click.option("--precision", type=click.Choice([p.value for p in _Precision]), default="fp32", show_default=True,
-              help="fp16: tflite float16 weights; int8: tflite/onnx through edgecnn quantize, or an int8 file.")
-@click.option("--tune", is_flag=True, help="TVM: tune with MetaSchedule (host only; records kept and reused).")
-@click.option("--trials", type=click.IntRange(min=1), default=2000, show_default=True,
-              help="Total MetaSchedule trials for the tuning database of this model and target.")
-@click.option("--calib", default=None,
-              help="Calibration set for int8 (name under calibration/ or folder) [default: demo-<task> for demo models].")
-@click.option("--weights", default="demo", show_default=True,
-              help="Zoo models: demo, random, imagenet or a .weights.h5 file.")
-@click.option("--no-verify", is_flag=True, help="Skip comparing the bundle's outputs with the source model.")
-@click.option("-o", "--output", "output_dir", required=True, type=click.Path(file_okay=False),
-              help="The bundle folder to write (model file(s) + manifest.json).")
-@FORMAT_OPTION
-def compile_cmd(model, target, backend, precision, tune, trials, calib, weights, no_verify, output_dir, fmt) -> None:
-    """Compile MODEL (zoo name, .keras/.h5, .onnx or .tflite) for a target into a verified bundle."""
-    from edgecnn.compile import compile_model
-
-    def log(msg: str) -> None:
-        if fmt != OutputFormat.JSON.value:
-            click.echo(f"  {msg}", err=True)
-
-    result = compile_model(model, target, backend=backend, precision=precision, output_dir=output_dir, tune=tune,
-                           trials=trials, calib=calib, weights=weights, verify=not no_verify, log=log)
-    if fmt == OutputFormat.JSON.value:
-        _print_json(result.to_dict())
-        return
-    from rich.table import Table
-
-    m = result.bundle.manifest
-    ver = m.verification
-    table = Table(title=f"{m.name} -> {m.target} {m.backend} {m.precision}", show_header=False)
-    table.add_column("key", style="bold")
-    table.add_column("value")
-    table.add_row("bundle", f"{result.bundle.path} ({result.bundle.size_bytes:,} bytes)")
-    table.add_row("files", ", ".join(f"{role}: {name}" for role, name in m.files.items()))
-    table.add_row("arch", m.arch + (f" (ELF {ver['elf']['machine']} checked)" if "elf" in ver else ""))
-    table.add_row("runtime", json.dumps(m.runtime))
-    if ver.get("status") == "skipped":
-        table.add_row("verification", f"skipped: {ver['reason']}")
-    else:
-        table.add_row("verification", f"{ver['status']} ({ver['mode']}, {ver['images']} images): max |diff| "
-                                      f"{ver['max_abs_diff']:g}, cosine {ver['cosine']:.5f}")
-    if "tuning" in m.build:
-        tun = m.build["tuning"]
-        table.add_row("tuning", f"{tun['records']} records ({tun['records_before']} reused), {tun['database']}")
-    table.add_row("cache", f"{'reused' if result.cached else 'built'} in {result.seconds:.1f} s, key {m.cache_key}")
-    _console().print(table)
+# ---------------------------------------------------------------------------- entry point
 
 
 def main(argv: list[str] | None = None) -> None:

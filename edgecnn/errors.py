@@ -11,6 +11,14 @@ class EdgecnnError(Exception):
     exit_code = 1
 
 
+class ConfigError(EdgecnnError):
+    """Options that cannot go together or are out of range (`--device` with `--emulate`, a bad ratio).
+
+    Exit code 1 like every other EdgecnnError: click's own usage errors exit 2 before any
+    library code runs, and scripts already read 1 as "edgecnn refused this".
+    """
+
+
 class TargetError(EdgecnnError):
     """Unknown target, or a target file that breaks the schema."""
 

@@ -1,6 +1,6 @@
 """Bench results as a table, JSON, Markdown, CSV, or an accuracy-vs-latency plot.
 
-Input is the bench document of shared/DESIGN.md: {"edgecnn", "target", "results": [row, ...]}.
+Input is the bench document of docs/architecture.md: {"edgecnn", "target", "results": [row, ...]}.
 JSON is that document unchanged; the other formats flatten each row into the same
 columns, so a table on screen and a CSV in CI say the same thing.
 """
@@ -10,18 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import DataError
-
-
-class Format(str, Enum):
-    TABLE = "table"
-    JSON = "json"
-    MD = "md"
-    CSV = "csv"
+from edgecnn.kinds import ReportFormat
 
 
 COLUMNS = ["model", "backend", "precision", "pruning", "mode", "threads", "size_kb", "macs_m", "metric", "accuracy",
@@ -76,13 +69,13 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def render(doc: dict[str, Any], fmt: str | Format) -> str:
+def render(doc: dict[str, Any], fmt: str | ReportFormat) -> str:
     """The document in one text format (table is plain text here; the CLI prints it with rich)."""
-    fmt = Format(fmt)
-    if fmt is Format.JSON:
+    fmt = ReportFormat(fmt)
+    if fmt is ReportFormat.JSON:
         return json.dumps(doc, indent=1)
     rows = [flatten(r) for r in doc.get("results", [])]
-    if fmt is Format.CSV:
+    if fmt is ReportFormat.CSV:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
         writer.writeheader()

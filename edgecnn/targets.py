@@ -3,34 +3,36 @@
 A target file is flat data (no logic): what the compile, emulate and bench
 stages need to know about a board. A user adds a board by adding a file, or by
 passing a path to one wherever a target name is accepted.
+
+The facts derived from a target are decided here once, and every stage asks the
+Target: the machine edgecnn runs on (`host_arch`), whether a target's code runs
+here natively (`Target.runs_natively`) or under qemu (`Target.can_emulate`,
+`Target.require_emulation`). Standard library only, and `tomllib` is imported
+on load: the board-side runner imports `host_arch` from here, on Pythons older
+than 3.11 too.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import platform
-import tomllib
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from edgecnn.errors import TargetError
+from edgecnn.kinds import Arch, Backend
+
+# What platform.machine() says on other systems, in target terms.
+_MACHINE_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}
 
 
-class Runtime(str, Enum):
-    """Backends a target can run; the order in a target file is its preference."""
-
-    TFLITE = "tflite"
-    ONNX = "onnx"
-    TVM = "tvm"
-
-
-class Arch(str, Enum):
-    AARCH64 = "aarch64"
-    X86_64 = "x86_64"
-    NATIVE = "native"  # host.toml: resolved to this machine's architecture at load time
+def host_arch() -> str:
+    """This machine's architecture as targets and manifests spell it: "aarch64", "x86_64", ..."""
+    machine = platform.machine().lower()
+    return _MACHINE_ALIASES.get(machine, machine)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Target:
     cores: int
     clock_mhz: int  # 0 when unknown (host)
     tvm: dict[str, Any]  # TVM target in dict form (0.27 rejects strings)
-    runtimes: list[str]
+    backends: list[Backend]  # in order of preference
     aliases: list[str] = field(default_factory=list)
     board: str = ""
     features: list[str] = field(default_factory=list)  # e.g. ["neon", "dotprod", "fp16"]
@@ -81,6 +83,36 @@ class Target:
     @property
     def is_host(self) -> bool:
         return self.name == "host"
+
+    @property
+    def runs_natively(self) -> bool:
+        """True when this machine executes the target's code itself (no qemu, no board)."""
+        return self.is_host or self.arch == host_arch()
+
+    def emulation_problem(self) -> str | None:
+        """Why qemu-user cannot stand in for this board here, or None when it can."""
+        if self.arch != Arch.AARCH64:
+            return f'arch = "{self.arch}" is not emulated, only "aarch64" is'
+        if not self.qemu_cpu:
+            return "a target without a qemu_cpu (the qemu-aarch64 -cpu core) is not emulated"
+        if self.qemu_cpu == "max":
+            # `max` has every extension, so code the board's core lacks would pass.
+            return 'qemu_cpu = "max" would hide illegal instructions; name the core'
+        if not self.cpu_part:
+            return "a target without a cpu_part (the CPU part of the guest's /proc/cpuinfo) is not emulated"
+        return None
+
+    @property
+    def can_emulate(self) -> bool:
+        """True when runs of this target can go under qemu-aarch64 with the board's core."""
+        return self.emulation_problem() is None
+
+    def require_emulation(self) -> "Target":
+        """This target, or TargetError saying why it cannot be emulated."""
+        problem = self.emulation_problem()
+        if problem:
+            raise TargetError(f"target {self.name} cannot be emulated: {problem}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -97,7 +129,8 @@ _SCHEMA: dict[str, tuple[type, bool]] = {
     "cores": (int, True),
     "clock_mhz": (int, True),
     "tvm": (dict, True),
-    "runtimes": (list, True),
+    "backends": (list, False),  # required, under this name or the old one (see _backends)
+    "runtimes": (list, False),  # the old name of `backends`; still read
     "aliases": (list, False),
     "board": (str, False),
     "features": (list, False),
@@ -110,6 +143,17 @@ _SCHEMA: dict[str, tuple[type, bool]] = {
 }
 _GPU_SCHEMA: dict[str, tuple[type, bool]] = {"name": (str, True), "arch": (str, True), "memory_mb": (int, False)}
 _COST_SCHEMA: dict[str, tuple[type, bool]] = {"ns_per_instruction": (float, True), "reference": (str, True)}
+# The TVM target keys edgecnn reads or completes. TVM knows many more (libs, mabi, max_num_threads, ...);
+# those pass through to tvm.target.Target unchecked, which names a bad one itself.
+_TVM_SCHEMA: dict[str, tuple[type, bool]] = {
+    "kind": (str, False),  # required, with its own message (see _check_tvm)
+    "mtriple": (str, False),
+    "mcpu": (str, False),
+    "mattr": (list, False),
+    "num-cores": (int, False),
+    "arch": (str, False),
+    "host": (dict, False),
+}
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number", list: "a list of strings", dict: "a table"}
 
 
@@ -124,11 +168,12 @@ def builtin_targets_dir() -> Path:
     return Path(__file__).resolve().parent / "_targets"
 
 
-def _check_table(data: dict, schema: dict[str, tuple[type, bool]], where: str) -> None:
-    for key in data:
-        if key not in schema:
-            known = ", ".join(sorted(schema))
-            raise TargetError(f"{where}: unknown key '{key}' (known keys: {known})")
+def _check_table(data: dict, schema: dict[str, tuple[type, bool]], where: str, closed: bool = True) -> None:
+    if closed:
+        for key in data:
+            if key not in schema:
+                known = ", ".join(sorted(schema))
+                raise TargetError(f"{where}: unknown key '{key}' (known keys: {known})")
     for key, (typ, required) in schema.items():
         if key not in data:
             if required:
@@ -146,11 +191,38 @@ def _check_table(data: dict, schema: dict[str, tuple[type, bool]], where: str) -
             )
 
 
+def _check_tvm(table: dict, source: str, name: str = "tvm") -> None:
+    """The TVM target table and its [tvm.host]: types of the keys edgecnn relies on, checked at load."""
+    if "kind" not in table:
+        raise TargetError(f"{source}: table '{name}' needs a 'kind' (e.g. kind = \"llvm\")")
+    _check_table(table, _TVM_SCHEMA, f"{source} [{name}]", closed=False)
+    if table.get("num-cores", 1) < 1:
+        raise TargetError(f"{source} [{name}]: 'num-cores' must be at least 1")
+    if "host" in table:
+        _check_tvm(table["host"], source, f"{name}.host")
+
+
+def _backends(data: dict, source: str) -> list[Backend]:
+    """The `backends` list (or the old `runtimes` one) as Backend members, in the file's order."""
+    given = [key for key in ("backends", "runtimes") if key in data]
+    if not given:
+        raise TargetError(f"{source}: missing required key 'backends'")
+    if len(given) == 2:
+        raise TargetError(f"{source}: give 'backends' only ('runtimes' is its old name), not both")
+    key = given[0]
+    names = data[key]
+    if not names:
+        raise TargetError(f"{source}: '{key}' must name at least one backend")
+    for name in names:
+        if name not in Backend.values():
+            raise TargetError(f"{source}: unknown backend {name!r} in '{key}' (known: {', '.join(Backend.values())})")
+    return [Backend(name) for name in names]
+
+
 def _resolve_native(data: dict) -> dict:
     """host.toml says `native`; fill in what this machine is."""
     data = dict(data)
-    machine = platform.machine().lower()
-    arch = {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+    arch = host_arch()
     data["arch"] = arch
     if data.get("triple") == "native":
         data["triple"] = f"{arch}-linux-gnu"
@@ -165,20 +237,13 @@ def _resolve_native(data: dict) -> dict:
 def parse_target(data: dict, source: str) -> Target:
     """Validate one target table (as read from TOML) and build a Target."""
     _check_table(data, _SCHEMA, source)
-    if data["arch"] not in {a.value for a in Arch}:
-        choices = ", ".join(a.value for a in Arch)
-        raise TargetError(f"{source}: key 'arch' must be one of {choices}, got {data['arch']!r}")
-    for rt in data["runtimes"]:
-        if rt not in {r.value for r in Runtime}:
-            choices = ", ".join(r.value for r in Runtime)
-            raise TargetError(f"{source}: unknown runtime {rt!r} in 'runtimes' (known: {choices})")
-    if not data["runtimes"]:
-        raise TargetError(f"{source}: 'runtimes' must name at least one runtime")
-    if "kind" not in data["tvm"]:
-        raise TargetError(f"{source}: table 'tvm' needs a 'kind' (e.g. kind = \"llvm\")")
+    if data["arch"] not in Arch.values():
+        raise TargetError(f"{source}: key 'arch' must be one of {', '.join(Arch.values())}, got {data['arch']!r}")
+    backends = _backends(data, source)
+    _check_tvm(data["tvm"], source)
     if data["cores"] < 0 or data["clock_mhz"] < 0:
         raise TargetError(f"{source}: 'cores' and 'clock_mhz' must not be negative")
-    if data["arch"] == Arch.NATIVE.value:
+    if data["arch"] == Arch.NATIVE:
         data = _resolve_native(data)
     elif data["cores"] == 0:
         raise TargetError(f"{source}: 'cores' must be at least 1")
@@ -192,12 +257,14 @@ def parse_target(data: dict, source: str) -> Target:
         if data["cost"]["ns_per_instruction"] <= 0:
             raise TargetError(f"{source} [cost]: 'ns_per_instruction' must be positive")
         cost = Cost(float(data["cost"]["ns_per_instruction"]), data["cost"]["reference"])
-    fields = {k: v for k, v in data.items() if k not in ("gpu", "cost")}
-    return Target(**fields, gpu=gpu, cost=cost, source=source)
+    fields = {k: v for k, v in data.items() if k not in ("gpu", "cost", "backends", "runtimes")}
+    return Target(**fields, backends=backends, gpu=gpu, cost=cost, source=source)
 
 
 def load_target_file(path: str | Path) -> Target:
     """Load and validate one target TOML file."""
+    import tomllib  # here, not at the top: the runner imports this module on Pythons before 3.11
+
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -224,8 +291,10 @@ def list_targets(directory: Path | None = None) -> list[Target]:
     return targets
 
 
-def get_target(name_or_path: str) -> Target:
-    """Look a target up by name, alias (case-insensitive) or path to a .toml file."""
+def get_target(name_or_path: str | Target) -> Target:
+    """Look a target up by name, alias (case-insensitive) or path to a .toml file; a Target is returned as it is."""
+    if isinstance(name_or_path, Target):
+        return name_or_path
     if name_or_path.endswith(".toml") or os.sep in name_or_path:
         return load_target_file(name_or_path)
     wanted = name_or_path.lower()
@@ -235,3 +304,17 @@ def get_target(name_or_path: str) -> Target:
             return t
     names = ", ".join(t.name for t in targets)
     raise TargetError(f"unknown target '{name_or_path}' (known: {names}; or give a path to a .toml file)")
+
+
+def host_target() -> Target:
+    """The `host` target, parsed once per targets folder: the native reference of emulated runs."""
+    return _host_target(builtin_targets_dir())
+
+
+@functools.lru_cache(maxsize=4)
+def _host_target(directory: Path) -> Target:
+    # Keyed by the folder, so EDGECNN_TARGETS_DIR (tests, a user's own boards) gets its own host.
+    for t in list_targets(directory):
+        if t.is_host:
+            return t
+    raise TargetError(f"{directory} has no host.toml: the host target describes this machine")

@@ -40,7 +40,7 @@ MAX_REL_DIFF, MIN_COSINE = 1e-3, 0.9999  # compile's fp32 verification limits
 
 def prepare(out: Path, models: list[str], python: str) -> None:
     from edgecnn.compile import compile_model
-    from edgecnn.compile.job import load_source
+    from edgecnn.source import load_source
     from edgecnn.compile.verify import source_predictor, verification_images
     from edgecnn.data.demo import demo_path
 
@@ -102,7 +102,7 @@ def run(payload: Path, out: Path, runs: int) -> None:
             cos = float(np.dot(ref.ravel(), got.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(got) + 1e-30))
             match.append({"max_rel_diff": rel, "cosine": cos, "ok": rel <= MAX_REL_DIFF and cos >= MIN_COSINE})
         result = run_bundle(bundle, data=payload / "data" / m.task, runs=runs)
-        result.update(match=match, kernels=m.runtime.get("cuda_kernels"))
+        result.update(match=match, kernels=m.backend_options.get("cuda_kernels"))
         results.append(result)
         print(f"{m.name}: outputs {match}; p50 {result['latency_ms']['p50']:.3f} ms; accuracy {result['accuracy']}",
               flush=True)
@@ -110,7 +110,7 @@ def run(payload: Path, out: Path, runs: int) -> None:
 
 
 def report(path: Path) -> int:
-    from edgecnn.bench.accuracy import coco_map_from_results
+    from edgecnn.runner.metrics import coco_map_from_results
     from edgecnn.data.demo import demo_path
     from edgecnn.data.formats import load_dataset
 

@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgecnn import zoo  # noqa: E402
-from edgecnn.bench import accuracy  # noqa: E402
 from edgecnn.data import demo  # noqa: E402
 from edgecnn.data.dataset import Task  # noqa: E402
 from edgecnn.paths import atomic_write_bytes, cache_dir  # noqa: E402
+from edgecnn.runner import metrics as scoring  # noqa: E402
 
 WEIGHTS_DIR = REPO / "edgecnn" / "zoo" / "weights"
 # mobilenet_v3_small: the known hard case for int8 (hard-swish, squeeze-excite), trained so that
@@ -59,7 +59,7 @@ def detector_head(spec, train_ds) -> dict:
 
 def evaluate(model, spec, metadata: dict, split: str = "val") -> dict:
     """Accuracy of a Keras model on a demo split, through the same pre/post-processing as deployment."""
-    return accuracy.evaluate(model.predict_on_batch, metadata, demo.demo_dataset(spec.task, split))
+    return scoring.evaluate(model.predict_on_batch, metadata, demo.demo_dataset(spec.task, split))
 
 
 def train_one(name: str, epochs: int, verbose: int) -> dict:

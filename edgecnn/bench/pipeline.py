@@ -1,6 +1,6 @@
 """`edgecnn bench`: every requested variant through prune -> quantize -> compile -> run, one row each.
 
-The one module that chains stages (shared/DESIGN.md). Variants are the product of
+The one module that chains stages (docs/architecture.md). Variants are the product of
 models x pruning x backends x precisions; quantize and compile are cached by
 content hash, so a second bench only runs.
 
@@ -17,16 +17,15 @@ Modes:
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError, ModelError, ToolError
-from edgecnn.targets import Target, get_target
+from edgecnn.errors import DataError, EdgecnnError, ModelError, TargetError, ToolError
+from edgecnn.kinds import BenchMode as Mode, Precision
+from edgecnn.targets import Target, get_target, host_arch
 
 DEMO_MODELS = ("yolo_lite", "mobilenet_v2", "mobilenet_v1")
 DEMO_CALIBRATION = {"detection": "demo-detection", "classification": "demo-classification"}
@@ -34,12 +33,6 @@ DEMO_CALIBRATION = {"detection": "demo-detection", "classification": "demo-class
 EMULATED_SAMPLE = 3
 # Float outputs of the same artifact on x86 and aarch64 differ only by kernel choice (FMA, blocking).
 EMULATED_ATOL = {"fp32": 1e-3, "fp16": 1e-2, "int8": None}  # int8: by quantization steps, see _outputs_match
-
-
-class Mode(str, Enum):
-    NATIVE = "native"
-    EMULATED = "emulated"
-    SSH = "ssh"
 
 
 @dataclass(frozen=True)
@@ -71,6 +64,7 @@ class BenchPlan:
     notes: list[str] = field(default_factory=list)
     ssh_options: tuple[str, ...] = ()  # ssh mode: extra ssh arguments (-i key, -F config, -o ProxyJump=...)
     remote_python: str = "python3"  # ssh mode: the board's interpreter (a venv's python, say)
+    calib: str | None = None  # calibration set for int8 of models that are not demo models
 
 
 def parse_prune(text: str) -> str | None:
@@ -90,36 +84,30 @@ def parse_prune(text: str) -> str | None:
     return f"{method}:{r:g}"
 
 
-def host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
-
-
 def choose_mode(target: Target, device: str | None, emulate: bool | None) -> Mode:
     """ssh with a device; else native where the host runs the target's code; else emulated."""
     if device and emulate:
         raise DataError("--device and --emulate exclude each other: bench on the board or under qemu, not both")
     if device:
         return Mode.SSH
-    native_ok = target.is_host or target.arch == host_arch()
     if emulate:
-        if not target.qemu_cpu:
-            raise DataError(f"target {target.name} has no qemu CPU model (qemu_cpu); it cannot be emulated")
+        target.require_emulation()
         return Mode.EMULATED
-    if native_ok:
+    if target.runs_natively:
         return Mode.NATIVE
-    if target.qemu_cpu:
+    if target.can_emulate:
         return Mode.EMULATED
-    raise DataError(f"target {target.name} ({target.arch}) cannot run on this {host_arch()} machine and has no "
-                    f"qemu CPU model; pass --device user@host to bench on the board")
+    raise TargetError(f"target {target.name} ({target.arch}) cannot run on this {host_arch()} machine and cannot "
+                      f"be emulated ({target.emulation_problem()}); pass --device user@host to bench on the board")
 
 
 def default_backends(target: Target, precision: str) -> list[str]:
-    """The target's preferred backend for a precision (TVM computes int8 in float, so it never gets int8)."""
-    for runtime in target.runtimes:
-        if precision == "int8" and runtime == "tvm":
-            continue
-        return [runtime]
+    """The target's most preferred backend that builds `precision` (as each backend declares it)."""
+    from edgecnn.compile import supports
+
+    for backend in target.backends:
+        if supports(backend, precision):
+            return [backend]
     raise DataError(f"target {target.name} has no backend for {precision}")
 
 
@@ -127,32 +115,37 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
               precisions: list[str] | None = None, prunes: list[str] | None = None, device: str | None = None,
               emulate: bool | None = None, data: str | None = None, limit: int | None = None, runs: int = 50,
               warmup: int = 5, threads: int | None = None, weights: str = "demo",
-              ssh_options: tuple[str, ...] = (), remote_python: str = "python3") -> BenchPlan:
+              ssh_options: tuple[str, ...] = (), remote_python: str = "python3",
+              calib: str | None = None) -> BenchPlan:
     """Resolve the command line into the list of variants to run; raises on anything inconsistent."""
     t = get_target(target)
     mode = choose_mode(t, device, emulate)
     precisions = precisions or ["fp32", "int8"]
     for p in precisions:
-        if p not in ("fp32", "fp16", "int8"):
-            raise DataError(f"unknown precision {p!r}; choose from fp32, fp16, int8")
+        if p not in Precision.values():
+            raise DataError(f"unknown precision {p!r}; choose from {', '.join(Precision.values())}")
     for b in backends or []:
-        if b not in t.runtimes:
-            raise DataError(f"target {t.name} cannot use backend {b!r}; its backends: {', '.join(t.runtimes)}")
+        if b not in t.backends:
+            raise DataError(f"target {t.name} cannot use backend {b!r}; its backends: {', '.join(t.backends)}")
     prune_specs = [parse_prune(p) for p in (prunes or ["none"])]
     models = list(models or DEMO_MODELS)
     if data is None and weights != "demo":
         raise DataError("--data is needed to measure accuracy when the weights are not the demo weights")
+    _check_user_models(models, weights, precisions, data, calib)
+    from edgecnn.compile import compiler
+
     variants = []
+    notes = []
+    for b in backends or []:  # a combination the backend does not build is left out, never faked
+        for prec in precisions:
+            if not compiler(b).supports(prec):
+                notes.append(f"{b} {prec} left out: {compiler(b).precision_advice.get(prec, 'not built by ' + b)}")
     for m in models:
         for pr in prune_specs:
             for prec in precisions:
                 for b in backends or default_backends(t, prec):
-                    if b == "tvm" and prec == "int8":  # never a float model passed off as int8
-                        continue
-                    variants.append(Variant(m, b, prec, pr))
-    notes = []
-    if backends and "tvm" in backends and "int8" in precisions:
-        notes.append("tvm int8 left out: TVM 0.27 computes quantized graphs in float; int8 runs on tflite/onnx")
+                    if compiler(b).supports(prec):
+                        variants.append(Variant(m, b, prec, pr))
     if not variants:
         raise DataError("nothing to bench: every requested combination was excluded")
     if limit is not None and limit < 1:
@@ -160,49 +153,70 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
     if (ssh_options or remote_python != "python3") and mode is not Mode.SSH:
         raise DataError("--ssh-option and --remote-python apply only with --device")
     return BenchPlan(t, mode, variants, data, device, limit, runs, warmup, threads, weights, notes,
-                     tuple(ssh_options), remote_python)
+                     tuple(ssh_options), remote_python, calib)
 
 
-def _data_for(model_task: str, plan: BenchPlan) -> str:
+def _check_user_models(models: list[str], weights: str, precisions: list[str], data: str | None,
+                       calib: str | None) -> None:
+    """The demo calibration and val splits belong to the demo models only: any other model brings its own.
+
+    Decided from the arguments alone, before a model is loaded: a model is a demo
+    model when it is a zoo name benched with the demo weights.
+    """
+    from edgecnn.source import is_zoo_ref
+
+    for m in models:
+        if is_zoo_ref(m) and weights == "demo":
+            continue
+        if "int8" in precisions and calib is None:
+            raise DataError(f"int8 for {m} needs its own calibration images: pass --calib (a named set under "
+                            "calibration/ or a folder of images); the demo set fits only the demo models")
+        if data is None:
+            raise DataError(f"--data is needed to measure the accuracy of {m}: the demo val split fits only the "
+                            "demo models")
+
+
+def _data_for(source, plan: BenchPlan) -> str:
+    """The labelled data a variant is scored on: --data, or the demo val split for demo models only."""
     if plan.data:
         if not Path(plan.data).exists():
             raise DataError(f"data set not found: {plan.data}")
         return plan.data
+    if not source.demo:  # make_plan refuses this; a second guard so no user model is scored on demo shapes
+        raise DataError(f"--data is needed to measure the accuracy of {source.ref}")
     from edgecnn.data import demo
 
-    return str(demo.demo_path(model_task, "val"))
+    return str(demo.demo_path(source.task, "val"))
 
 
-def _source_model(variant: Variant, plan: BenchPlan, log: Callable[[str], None]) -> str:
-    """The model reference compile starts from: the zoo name/file, or its pruned form (cached)."""
+def load_variant_source(variant: Variant, plan: BenchPlan, log: Callable[[str], None] = lambda m: None):
+    """The SourceModel compile starts from: the zoo model/file, or its pruned form (pruned once, cached)."""
+    from edgecnn.source import load_source
+
     if not variant.prune:
-        return variant.model
+        return load_source(variant.model, plan.weights)
     from edgecnn.bench.cached import pruned_model
 
-    return str(pruned_model(variant.model, variant.pruning(), plan.weights, log))
+    return load_source(pruned_model(variant.model, variant.pruning(), plan.weights, log))
 
 
-def _compile(source: str, variant: Variant, target: Target | str, plan: BenchPlan, log) -> Any:
+def _compile(source, variant: Variant, target: Target | str, plan: BenchPlan, log) -> Any:
     from edgecnn.compile import compile_model
 
-    task = _task_of(source, plan)
-    return compile_model(source, target, backend=variant.backend, precision=variant.precision,
-                         calib=DEMO_CALIBRATION.get(task) if plan.weights == "demo" else None,
+    calib = plan.calib
+    if calib is None and source.demo:
+        calib = DEMO_CALIBRATION[source.task]
+    return compile_model(source, target, backend=variant.backend, precision=variant.precision, calib=calib,
                          weights=plan.weights, log=log).bundle
 
 
-def _task_of(source: str, plan: BenchPlan) -> str:
-    from edgecnn.quantize.source import resolve_model
-
-    return resolve_model(source, plan.weights if not Path(source).exists() else "demo").task
-
-
-def run_variant(variant: Variant, plan: BenchPlan, log: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-    """Build (cached) and measure one variant; the bench JSON row."""
-    source = _source_model(variant, plan, log)
+def run_variant(variant: Variant, plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
+                source=None) -> dict[str, Any]:
+    """Build (cached) and measure one variant; the bench JSON row. `source`: its loaded SourceModel, if known."""
+    source = source or load_variant_source(variant, plan, log)
     bundle = _compile(source, variant, plan.target, plan, log)
     man = bundle.manifest
-    data = _data_for(man.task, plan)
+    data = _data_for(source, plan)
     row: dict[str, Any] = {
         "model": variant.model, "weights": plan.weights, "backend": variant.backend, "precision": variant.precision,
         "pruning": variant.pruning(), "mode": plan.mode.value, "target": plan.target.name,
@@ -261,13 +275,14 @@ def _measured(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result.get(k) for k in _MEASURED_KEYS}
 
 
-def _emulated(bundle, source: str, variant: Variant, plan: BenchPlan, data: str, log) -> dict[str, Any]:
+def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str, log) -> dict[str, Any]:
     from edgecnn.emulate.bundle import run_bundle_emulated
     from edgecnn.runner.run import run_bundle
+    from edgecnn.targets import host_target
 
     # Accuracy: the identical artifact natively where it is portable; else a host build of the same source.
     portable = bundle.manifest.backend in ("tflite", "onnx")
-    reference = bundle if portable else _compile(source, variant, "host", plan, log)
+    reference = bundle if portable else _compile(source, variant, host_target(), plan, log)
     log(f"{variant.model} {variant.backend} {variant.precision}: accuracy on this machine "
         f"({'same artifact' if portable else 'host build of the same model'})")
     native = run_bundle(reference, data=data, limit=plan.limit, runs=1, warmup=0, threads=plan.threads)
@@ -306,15 +321,18 @@ def _sample_inputs(bundle, data: str, n: int) -> list[np.ndarray]:
 
 def _outputs_match(host: list, guest: list, manifest) -> float:
     """Largest |host - guest| over the sample; raises when past tolerance (the ARM build is wrong)."""
+    from edgecnn.runner.metrics import output_agreement
+
     worst = 0.0
     for h_out, g_out in zip(host, guest):
         for spec, h, g in zip(manifest.outputs, h_out, g_out):
-            diff = float(np.max(np.abs(np.asarray(h, np.float64) - np.asarray(g, np.float64))))
+            # One image at a time: each output is judged against its own magnitude.
+            fig = output_agreement(np.asarray(h)[None], np.asarray(g)[None])
+            diff, scale = fig.max_abs_diff, fig.scale
             worst = max(worst, diff)
             atol = EMULATED_ATOL.get(manifest.precision)
             if atol is None:  # int8: allow one quantization step of the output
                 atol = (spec.scale or 0.0) * 1.01 + 1e-6
-            scale = max(1.0, float(np.max(np.abs(h))))
             if diff > atol * scale:
                 raise ModelError(f"{manifest.name} ({manifest.backend} {manifest.precision}) on "
                                  f"{manifest.target}: emulated outputs differ from the host run by {diff:.3g} "
@@ -324,7 +342,7 @@ def _outputs_match(host: list, guest: list, manifest) -> float:
 
 def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
           on_row: Callable[[dict], None] | None = None) -> dict[str, Any]:
-    """Run every variant of the plan; the bench document of shared/DESIGN.md."""
+    """Run every variant of the plan; the bench document of docs/architecture.md."""
     from edgecnn import __version__
 
     if plan.mode is Mode.EMULATED:
@@ -332,9 +350,13 @@ def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
 
         require_environment(plan.target, need_plugin=True)
     results = []
+    sources: dict[tuple, Any] = {}  # each model (and pruned form) is loaded once, not once per variant
     for v in plan.variants:
         try:
-            row = run_variant(v, plan, log)
+            key = (v.model, v.prune)
+            if key not in sources:
+                sources[key] = load_variant_source(v, plan, log)
+            row = run_variant(v, plan, log, sources[key])
         except EdgecnnError as e:  # name the variant: one line still, but the user knows which
             raise type(e)(f"{v.model} {v.backend} {v.precision}"
                           f"{' ' + v.prune if v.prune else ''}: {e}") from None

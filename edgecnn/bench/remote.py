@@ -33,12 +33,12 @@ from edgecnn.errors import DataError, ToolError
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the edgecnn package folder
 # What `python -m edgecnn.runner` imports: stdlib + numpy + a runtime (+ opencv for images).
+# Everything `python -m edgecnn.runner` imports, and nothing more (tests/unit/test_architecture.py checks it).
 RUNNER_SOURCES = (
-    "__init__.py", "errors.py", "artifacts.py",
+    "__init__.py", "errors.py", "artifacts.py", "kinds.py", "targets.py", "runner/tensors.py",
     "runner/__init__.py", "runner/__main__.py", "runner/run.py", "runner/sessions.py", "runner/stats.py",
-    "runner/postprocess.py",
+    "runner/postprocess.py", "runner/metrics.py",
     "data/__init__.py", "data/dataset.py", "data/preprocess.py", "data/formats.py",
-    "bench/__init__.py", "bench/accuracy.py",
 )
 MIN_PYTHON = (3, 10)
 DEFAULT_TIMEOUT_S = 600
@@ -172,7 +172,7 @@ def run_remote(bundle: str | Path | Bundle, device: str, *, data: str | Path | N
         raise ToolError(f"the runner on {device} printed no JSON result: {stdout.strip()[-200:]!r}") from None
     result.update(mode="ssh", device=device)
     if dataset is not None and result.get("accuracy") is None and result.get("task") == "detection":
-        from edgecnn.bench.accuracy import coco_map_from_results
+        from edgecnn.runner.metrics import coco_map_from_results
 
         result["accuracy"] = coco_map_from_results(dataset, result.get("predictions") or [])
     return result

@@ -20,18 +20,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edgecnn.artifacts import Backend, Bundle, Manifest, Precision, write_manifest
 from edgecnn.compile import cache
 from edgecnn.compile.tune import DEFAULT_TRIALS
 from edgecnn.errors import EdgecnnError, TargetError
 
+if TYPE_CHECKING:
+    from edgecnn.compile.job import Compiler
+
 __all__ = ["COMPILERS", "CompileResult", "DEFAULT_TRIALS", "compile_model", "compiler"]
 
-# Backend name -> module with check(job), tools(job), build(job, out, work) and a host runner.
-# A new backend is one module plus one line here.
+# Backend name -> the module whose COMPILER (a compile.job.Compiler) builds it; imported on first use.
+# A new backend is one module plus one line here (docs/architecture.md, "Compile backends").
 COMPILERS: dict[str, str] = {
     Backend.TFLITE.value: "edgecnn.compile.tflite",
     Backend.ONNX.value: "edgecnn.compile.onnx",
@@ -53,11 +55,16 @@ class CompileResult:
                 "size_bytes": self.bundle.size_bytes, "manifest": self.bundle.manifest.to_dict()}
 
 
-def compiler(backend: str) -> ModuleType:
-    """The backend module registered under `backend`; EdgecnnError naming the known ones."""
+def compiler(backend: str) -> "Compiler":
+    """The Compiler registered under `backend`; EdgecnnError naming the known ones."""
     if backend not in COMPILERS:
         raise EdgecnnError(f"unknown backend {backend!r}; known: {', '.join(COMPILERS)}")
-    return importlib.import_module(COMPILERS[backend])
+    return importlib.import_module(COMPILERS[backend]).COMPILER
+
+
+def supports(backend: str, precision: str) -> bool:
+    """Whether `backend` builds `precision`, as the backend itself declares it."""
+    return compiler(backend).supports(precision)
 
 
 def compile_model(model: str | Path, target, *, backend: str | None = None, precision: str = "fp32",
@@ -74,18 +81,20 @@ def compile_model(model: str | Path, target, *, backend: str | None = None, prec
     calib: calibration set for int8 (default for demo models: demo-<task>), also the verification
     images. output_dir: where the bundle folder goes (default: it stays in the cache).
     """
-    from edgecnn.compile.job import Job, load_source
+    from edgecnn.compile.job import Job
+    from edgecnn.source import load_source
     from edgecnn.targets import Target, get_target
 
     started = time.perf_counter()
     say = log or (lambda _msg: None)
     t = target if isinstance(target, Target) else get_target(str(target))
-    backend = backend or t.runtimes[0]
+    backend = backend or t.backends[0]
     comp = compiler(backend)
-    if backend not in t.runtimes:
-        raise TargetError(f"target {t.name} cannot run the {backend} backend (its runtimes: {', '.join(t.runtimes)})")
-    if precision not in {p.value for p in Precision}:
-        raise EdgecnnError(f"unknown precision {precision!r}; known: {', '.join(p.value for p in Precision)}")
+    if backend not in t.backends:
+        raise TargetError(f"target {t.name} cannot run the {backend} backend (its backends: {', '.join(t.backends)})")
+    if precision not in Precision.values():
+        raise EdgecnnError(f"unknown precision {precision!r}; known: {', '.join(Precision.values())}")
+    comp.refuse_precision(precision)  # decided by the arguments alone: before the model is loaded
     if tune and backend != Backend.TVM.value:
         raise EdgecnnError(f"--tune tunes TVM kernels; the {backend} backend has nothing to tune (use --backend tvm)")
     if output_dir is not None:
@@ -136,16 +145,8 @@ def _key_parts(job, comp) -> dict:
     """Everything that decides the bundle's bytes (cache.bundle_key adds the compile code version)."""
     parts = {"source": job.source.sha256, "backend": job.backend, "precision": job.precision,
              "target": {k: v for k, v in job.target.to_dict().items() if k != "source"},
-             "tools": comp.tools(job), "verify_images": str(job.calib) if job.calib else None}
-    if job.backend == Backend.TVM.value:
-        from edgecnn.compile.tvm import tvm_target_dict
-
-        parts["tvm_target"] = tvm_target_dict(job.target)  # the host's CPU is part of what gets built
-        if job.tune:
-            from edgecnn.compile.tune import database_state, tuning_dir
-
-            folder = tuning_dir(job.source.sha256, parts["tvm_target"])
-            parts["tuning"] = {"trials": job.trials, "database": database_state(folder)}
+             "tools": comp.tools(job), "verify_images": str(job.calib) if job.calib else None,
+             **comp.key_parts(job)}
     if job.precision == Precision.INT8.value and job.source.precision != Precision.INT8.value:
         from edgecnn.artifacts import file_sha256
 
@@ -180,10 +181,7 @@ def _build(job, comp, key: str, folder: Path, work: Path, verify: bool) -> None:
     if not verify:
         checks.update(v.skipped("verify=False (--no-verify)"))
     else:
-        if hasattr(comp, "runner_for"):
-            mode, run, reason = comp.runner_for(folder, built, t)
-        else:  # .tflite / .onnx: the same bytes on every machine, so the host checks the board's file
-            mode, run, reason = "host", comp.host_runner(folder, built), ""
+        mode, run, reason = comp.runner(folder, built, t)
         if run is None:
             job.log(f"verification skipped: {reason}")
             checks.update(v.skipped(reason))
@@ -198,7 +196,7 @@ def _build(job, comp, key: str, folder: Path, work: Path, verify: bool) -> None:
         name=src.name, target=t.name, arch=t.arch, backend=job.backend, precision=job.precision,
         files=built.files, inputs=built.inputs, outputs=built.outputs, task=src.task,
         preprocessing=src.preprocessing.to_dict(), classes=src.classes, head=src.head,
-        postprocess=dict(POSTPROCESS_YOLO) if src.task == "detection" else None, runtime=built.runtime,
+        postprocess=dict(POSTPROCESS_YOLO) if src.task == "detection" else None, backend_options=built.backend_options,
         source={"ref": src.ref, "format": src.kind, "sha256": src.sha256, "weights": src.weights},
         macs=src.macs, params=src.params, tools=built.tools, verification=checks, cache_key=key,
         build={k: val for k, val in built.build.items() if k != "quantization"})

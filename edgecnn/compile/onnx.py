@@ -14,19 +14,17 @@ from pathlib import Path
 
 from edgecnn.artifacts import TensorSpec
 from edgecnn.compile.cache import tool_versions
-from edgecnn.compile.job import Built, Job, check_file_precision
+from edgecnn.compile.job import Built, Compiler, Job, check_file_precision
 from edgecnn.errors import ModelError
+from edgecnn.kinds import Backend, Precision
 
 MODEL_FILE = "model.onnx"
-PRECISIONS = ("fp32", "int8")
 _DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int8)": "int8",
            "tensor(uint8)": "uint8", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
 
 def check(job: Job) -> None:
     """Refuse what this backend cannot build, before any heavy work."""
-    if job.precision == "fp16":
-        raise ModelError("the onnx backend builds fp32 and int8; for fp16 use --backend tflite (float16 weights)")
     if job.source.kind == "tflite":
         raise ModelError(f"{job.source.ref} is a TFLite flatbuffer; edgecnn has no TFLite->ONNX converter: give the "
                          "Keras or ONNX model, or use --backend tflite")
@@ -41,7 +39,7 @@ def tools(job: Job) -> dict[str, str]:
 
 
 def providers(target) -> dict:
-    """The runtime settings the runner must honour on this target."""
+    """The backend options (execution provider, threads) the runner must honour on this target."""
     if target.gpu is not None:
         return {"execution_provider": "TensorrtExecutionProvider",
                 "fallback_providers": ["CUDAExecutionProvider", "CPUExecutionProvider"], "threads": target.cores}
@@ -58,10 +56,10 @@ def build(job: Job, out: Path, work: Path) -> Built:
     elif src.kind == "onnx":
         path = src.path
     else:
-        from edgecnn.quantize.onnx import export_float
+        from edgecnn.frameworks.tf import onnx_float
 
         job.log(f"onnx: exporting {src.name} with tf2onnx")
-        path = export_float(src.keras_model, work)
+        path = onnx_float(src.keras_model, work / "float.onnx")
     shutil.copyfile(path, out / MODEL_FILE)
     inputs, outputs = tensor_specs(out / MODEL_FILE)
     return Built({"model": MODEL_FILE}, inputs, outputs, providers(job.target), tools(job), info)
@@ -69,9 +67,9 @@ def build(job: Job, out: Path, work: Path) -> Built:
 
 def tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs as onnxruntime sees them; free dimensions are -1."""
-    from edgecnn.quantize.onnx import _session
+    from edgecnn.frameworks.ort import session
 
-    sess = _session(path)
+    sess = session(path)
 
     def spec(v) -> TensorSpec:
         shape = [d if isinstance(d, int) else -1 for d in v.shape]
@@ -82,6 +80,30 @@ def tensor_specs(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 def host_runner(bundle_dir: Path, built: Built):
     """The bundle's own file under onnxruntime's CPU provider on this machine."""
-    from edgecnn.quantize.onnx import predictor
+    from edgecnn.frameworks.ort import predictor
 
     return predictor(bundle_dir / built.files["model"])
+
+
+class OnnxCompiler(Compiler):
+    """ONNX files for onnxruntime: fp32, or QDQ int8 through edgecnn.quantize."""
+
+    name = Backend.ONNX.value
+    precisions = (Precision.FP32.value, Precision.INT8.value)
+    precision_advice = {
+        Precision.FP16.value: "the onnx backend builds fp32 and int8; for fp16 use --backend tflite (float16 weights)"}
+
+    def check(self, job: Job) -> None:
+        check(job)
+
+    def tools(self, job: Job) -> dict[str, str]:
+        return tools(job)
+
+    def build(self, job: Job, out: Path, work: Path) -> Built:
+        return build(job, out, work)
+
+    def host_runner(self, folder: Path, built: Built):
+        return host_runner(folder, built)
+
+
+COMPILER = OnnxCompiler()

@@ -16,11 +16,11 @@ import numpy as np
 
 from edgecnn.artifacts import TensorSpec
 from edgecnn.compile.cache import tool_versions
-from edgecnn.compile.job import Built, Job, check_file_precision
+from edgecnn.compile.job import Built, Compiler, Job, check_file_precision
 from edgecnn.errors import ModelError
+from edgecnn.kinds import Backend, Precision
 
 MODEL_FILE = "model.tflite"
-PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def check(job: Job) -> None:
@@ -38,7 +38,7 @@ def tools(job: Job) -> dict[str, str]:
 
 def build(job: Job, out: Path, work: Path) -> Built:
     """Write model.tflite into `out` and describe it."""
-    from edgecnn.quantize import tflite as q
+    from edgecnn.frameworks.tf import tflite_float, tflite_fp16
 
     src, info = job.source, {}
     if src.kind == "tflite":
@@ -48,12 +48,12 @@ def build(job: Job, out: Path, work: Path) -> Built:
         shutil.copyfile(path, out / MODEL_FILE)
     else:
         job.log(f"tflite: converting {src.name} ({job.precision})")
-        data = q.export_float(src.keras_model) if job.precision == "fp32" else _fp16(src.keras_model)
+        data = tflite_float(src.keras_model) if job.precision == "fp32" else tflite_fp16(src.keras_model)
         (out / MODEL_FILE).write_bytes(data)
     data = (out / MODEL_FILE).read_bytes()
     inputs, outputs = tensor_specs(data)
-    runtime = {"delegate": "xnnpack", "threads": job.target.cores}
-    return Built({"model": MODEL_FILE}, inputs, outputs, runtime, tools(job), info)
+    options = {"delegate": "xnnpack", "threads": job.target.cores}
+    return Built({"model": MODEL_FILE}, inputs, outputs, options, tools(job), info)
 
 
 def _quantized(job: Job, work: Path):
@@ -62,23 +62,11 @@ def _quantized(job: Job, work: Path):
     return quantize_int8(job, "tflite", work)
 
 
-def _fp16(keras_model) -> bytes:
-    """float16 weights: half the size; ops dequantize them once at load."""
-    import tensorflow as tf
-
-    from edgecnn.quantize.tflite import _convert
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_types = [tf.float16]
-    return _convert(converter, "float16 export")
-
-
 def tensor_specs(data: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """Inputs and outputs as LiteRT sees them, with int8 scale/zero-point."""
-    from edgecnn.quantize.tflite import _interpreter
+    from edgecnn.frameworks.litert import interpreter
 
-    it = _interpreter(data)
+    it = interpreter(data)
 
     def spec(d) -> TensorSpec:
         shape = [int(x) for x in d.get("shape_signature", d["shape"])]
@@ -92,6 +80,28 @@ def tensor_specs(data: bytes) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 def host_runner(bundle_dir: Path, built: Built):
     """The bundle's own file under LiteRT on this machine (int8 inputs/outputs (de)quantized as the runner does)."""
-    from edgecnn.quantize.tflite import predictor
+    from edgecnn.frameworks.litert import predictor
 
     return predictor((bundle_dir / built.files["model"]).read_bytes(), threads=1)
+
+
+class TFLiteCompiler(Compiler):
+    """LiteRT flatbuffers: fp32, fp16 weights, or full-integer int8 through edgecnn.quantize."""
+
+    name = Backend.TFLITE.value
+    precisions = (Precision.FP32.value, Precision.FP16.value, Precision.INT8.value)
+
+    def check(self, job: Job) -> None:
+        check(job)
+
+    def tools(self, job: Job) -> dict[str, str]:
+        return tools(job)
+
+    def build(self, job: Job, out: Path, work: Path) -> Built:
+        return build(job, out, work)
+
+    def host_runner(self, folder: Path, built: Built):
+        return host_runner(folder, built)
+
+
+COMPILER = TFLiteCompiler()

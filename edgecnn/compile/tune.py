@@ -108,8 +108,10 @@ def database_state(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def tuned_build(job, mod, target):
+def tuned_build(job, mod, target, target_dict: dict):
     """Tune what the database still lacks, then build with it; (executable, tuning facts for the manifest).
+
+    `target_dict` is the completed TVM target in dict form (compile.tvm), which keys the database.
 
     The steps of 0.27's static-shape flow (relax.get_pipeline("static_shape_tuning")), with
     MetaSchedule called directly so that its builder gets BUILD_TIMEOUT_S: the default 30 s
@@ -120,11 +122,9 @@ def tuned_build(job, mod, target):
     from tvm import relax
     from tvm.s_tir import meta_schedule as ms
 
-    from edgecnn.compile.tvm import tvm_target_dict
-
     if job.trials < 1:
         raise EdgecnnError(f"--trials must be at least 1, got {job.trials}")
-    folder = tuning_dir(job.source.sha256, tvm_target_dict(job.target))
+    folder = tuning_dir(job.source.sha256, target_dict)
     before = record_count(folder)
     remaining = max(0, job.trials - before)
     lower = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),

@@ -16,7 +16,6 @@ dequantize -> float op -> quantize), so int8 is refused here.
 from __future__ import annotations
 
 import os
-import platform
 import shutil
 from pathlib import Path
 
@@ -24,32 +23,23 @@ import numpy as np
 
 from edgecnn.artifacts import TensorSpec, text_sha256
 from edgecnn.compile.cache import tool_versions
-from edgecnn.compile.job import Built, Job
+from edgecnn.compile.job import Built, Compiler, Job
 from edgecnn.errors import ModelError, ToolError
+from edgecnn.kinds import Backend, Precision
 
 MODEL_FILE = "model.so"
 KERNELS_FILE = "kernels.cubin"  # CUDA bundles built without a GPU: see _cuda_build
-PRECISIONS = ("fp32",)
 INSTALL_CROSS = "sudo apt-get install g++-aarch64-linux-gnu (see tools/apt-packages.txt)"
 
 
 def _cross(target) -> bool:
-    return target.arch != _host_arch()
-
-
-def _host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"arm64": "aarch64", "amd64": "x86_64"}.get(machine, machine)
+    """True when the library is linked for another machine's architecture (the board's)."""
+    return not target.runs_natively
 
 
 def check(job: Job) -> None:
     """Refuse what this backend cannot build, before any heavy work."""
     t = job.target
-    if job.precision == "int8":
-        raise ModelError("the tvm backend gives no int8 (TVM 0.27 runs quantized graphs as float ops); for int8 "
-                         "use --backend tflite (XNNPACK) or --backend onnx (onnxruntime)")
-    if job.precision == "fp16":
-        raise ModelError("the tvm backend builds fp32 only; for fp16 weights use --backend tflite")
     if job.source.kind == "onnx" and job.source.precision == "int8":
         raise ModelError(f"{job.source.ref} is a quantized (QDQ) model; TVM would run it as float: use --backend onnx")
     if job.source.kind == "tflite":
@@ -116,10 +106,10 @@ def import_module(job: Job, work: Path):
     import onnx
 
     if src.kind == "keras":
-        from edgecnn.quantize.onnx import export_float
+        from edgecnn.frameworks.tf import onnx_float
 
         job.log(f"tvm: exporting {src.name} to ONNX (tf2onnx)")
-        path = export_float(src.keras_model, work)
+        path = onnx_float(src.keras_model, work / "float.onnx")
     else:
         path = src.path
     model = onnx.load(str(path))
@@ -182,7 +172,7 @@ def build(job: Job, out: Path, work: Path) -> Built:
         if job.tune:
             from edgecnn.compile.tune import tuned_build
 
-            executable, info["tuning"] = tuned_build(job, mod, target)
+            executable, info["tuning"] = tuned_build(job, mod, target, info["tvm_target"])
         elif target.kind.name == "cuda":
             executable, kernels = _cuda_build(mod, target, job.target)
         else:
@@ -199,15 +189,15 @@ def build(job: Job, out: Path, work: Path) -> Built:
         raise ToolError(f"linking {MODEL_FILE} for {job.target.name} failed: {_first_line(e)}") from None
     inputs = [TensorSpec("input", job.source.static_shape, "float32", "NHWC")]
     outputs = _output_specs(mod, output_names)
-    runtime = {"device": "cuda" if target.kind.name == "cuda" else "cpu", "entry": "main",
+    options = {"device": "cuda" if target.kind.name == "cuda" else "cpu", "entry": "main",
                "threads": job.target.cores}
     files = {"model": MODEL_FILE}
     if kernels is not None:
         (out / KERNELS_FILE).write_bytes(kernels["cubin"])
         files["kernels"] = KERNELS_FILE
-        runtime["cuda_kernels"] = {"file": KERNELS_FILE, "arch": str(job.target.tvm.get("arch")),
+        options["cuda_kernels"] = {"file": KERNELS_FILE, "arch": str(job.target.tvm.get("arch")),
                                    "source_sha256": kernels["source_sha256"]}
-    return Built(files, inputs, outputs, runtime, tools(job), info)
+    return Built(files, inputs, outputs, options, tools(job), info)
 
 
 def _cuda_build(mod, target, board):
@@ -362,15 +352,54 @@ def emulated_runner(bundle_dir: Path, built: Built, target):
 
 def runner_for(bundle_dir: Path, built: Built, target) -> tuple[str, object | None, str]:
     """(mode, run, reason): where this bundle can be checked from here."""
-    if built.runtime["device"] == "cuda":
+    if built.backend_options["device"] == "cuda":
         return "skipped", None, f"CUDA library for {target.tvm.get('arch')}: needs the Jetson's GPU to run"
-    if not _cross(target):
+    if target.runs_natively:
         return "host", host_runner(bundle_dir, built), ""
     from edgecnn.compile.verify import emulator_ready
 
-    if target.arch == "aarch64" and target.qemu_cpu:
+    if target.can_emulate:
         reason = emulator_ready(target)
         if reason is None:
             return "emulated", emulated_runner(bundle_dir, built, target), ""
         return "skipped", None, reason
     return "skipped", None, f"no way to run {target.arch} code here"
+
+
+class TvmCompiler(Compiler):
+    """Apache TVM (Relax) shared libraries, cross-compiled per target; fp32 only."""
+
+    name = Backend.TVM.value
+    precisions = (Precision.FP32.value,)
+    precision_advice = {
+        Precision.INT8.value: "the tvm backend gives no int8 (TVM 0.27 runs quantized graphs as float ops); for "
+                              "int8 use --backend tflite (XNNPACK) or --backend onnx (onnxruntime)",
+        Precision.FP16.value: "the tvm backend builds fp32 only; for fp16 weights use --backend tflite"}
+
+    def check(self, job: Job) -> None:
+        check(job)
+
+    def tools(self, job: Job) -> dict[str, str]:
+        return tools(job)
+
+    def key_parts(self, job: Job) -> dict:
+        """The completed TVM target (the host's CPU is part of what gets built) and, when tuning, the database."""
+        parts: dict = {"tvm_target": tvm_target_dict(job.target)}
+        if job.tune:
+            from edgecnn.compile.tune import database_state, tuning_dir
+
+            folder = tuning_dir(job.source.sha256, parts["tvm_target"])
+            parts["tuning"] = {"trials": job.trials, "database": database_state(folder)}
+        return parts
+
+    def build(self, job: Job, out: Path, work: Path) -> Built:
+        return build(job, out, work)
+
+    def host_runner(self, folder: Path, built: Built):
+        return host_runner(folder, built)
+
+    def runner(self, folder: Path, built: Built, target):
+        return runner_for(folder, built, target)
+
+
+COMPILER = TvmCompiler()

@@ -5,7 +5,8 @@
   mis-configured cross compiler is caught on the PC, not on the board.
 - Outputs of the bundle on a few real images, preprocessed with the model's
   own preprocessing, are compared with the source model (Keras, ONNX or TFLite)
-  on the same images: max |difference| and cosine similarity per output.
+  on the same images: max |difference| and cosine similarity per output
+  (edgecnn.runner.metrics.output_agreement; the limits are this module's).
   int8 and fp16 bundles get looser limits (int8: cosine only, after
   dequantization). Past the limit: AccuracyError.
 
@@ -24,6 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgecnn.errors import AccuracyError, ModelError
+from edgecnn.runner.metrics import output_agreement
 
 Predict = Callable[[np.ndarray], list[np.ndarray]]
 ELF_MACHINES = {183: "aarch64", 62: "x86_64", 40: "arm", 3: "x86", 190: "cuda"}
@@ -108,10 +110,10 @@ def source_predictor(source) -> Predict:
 
         return run
     if source.kind == "onnx":
-        from edgecnn.quantize.onnx import predictor
+        from edgecnn.frameworks.ort import predictor
 
         return predictor(source.path)
-    from edgecnn.quantize.tflite import predictor
+    from edgecnn.frameworks.litert import predictor
 
     return predictor(source.path.read_bytes())
 
@@ -128,13 +130,9 @@ def compare(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray], name
         out = np.asarray(out, np.float64).reshape(len(out), -1)
         if ref.shape != out.shape:
             raise AccuracyError(f"output {name}: the bundle gives shape {out.shape[1:]}, the source {ref.shape[1:]}")
-        diff = float(np.max(np.abs(ref - out)))
-        norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
-        cos = float(np.mean(np.where(norms > 0, np.sum(ref * out, axis=1) / np.maximum(norms, 1e-30),
-                                     np.where(np.any(ref != out, axis=1), 0.0, 1.0))))
-        item = {"name": name, "max_abs_diff": float(f"{diff:.3g}"), "cosine": round(cos, 6)}
-        scale = max(1.0, float(np.max(np.abs(ref))))
-        ok &= cos >= cos_limit and (rel_limit is None or diff <= rel_limit * scale)
+        fig = output_agreement(ref, out)
+        item = {"name": name, "max_abs_diff": float(f"{fig.max_abs_diff:.3g}"), "cosine": round(fig.cosine, 6)}
+        ok &= fig.cosine >= cos_limit and (rel_limit is None or fig.max_abs_diff <= rel_limit * fig.scale)
         if task == "classification":
             item["top1_agreement"] = round(float(np.mean(ref.argmax(1) == out.argmax(1))), 4)
             ok &= precision != "int8" or item["top1_agreement"] >= INT8_MIN_TOP1_AGREEMENT
@@ -173,6 +171,8 @@ def emulator_ready(target) -> str | None:
     from edgecnn.emulate.environment import require_environment
     from edgecnn.errors import EdgecnnError
 
+    if not target.can_emulate:
+        return f"target {target.name} cannot be emulated: {target.emulation_problem()}"
     try:
         ready = require_environment(target)
     except EdgecnnError as e:

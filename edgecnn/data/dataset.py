@@ -12,10 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edgecnn.kinds import Task
 
-class Task:
-    DETECTION = "detection"
-    CLASSIFICATION = "classification"
+__all__ = ["ClassificationDataset", "ClassificationSample", "DetectionDataset", "DetectionSample", "Task"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class DetectionDataset:
     classes: list[str]
     samples: list[DetectionSample]
     name: str = ""
-    task: str = field(default=Task.DETECTION, init=False)
+    task: Task = field(default=Task.DETECTION, init=False)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -71,7 +70,7 @@ class ClassificationDataset:
     classes: list[str]
     samples: list[ClassificationSample]
     name: str = ""
-    task: str = field(default=Task.CLASSIFICATION, init=False)
+    task: Task = field(default=Task.CLASSIFICATION, init=False)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -20,9 +20,11 @@ import numpy as np
 
 from edgecnn import errors
 from edgecnn.artifacts import Bundle, load_bundle
+from edgecnn.emulate.environment import require_environment
 from edgecnn.emulate.run import GUEST_DIR, failure_message, resolve_target, run_python
 from edgecnn.emulate.sysroot import guest_mount
 from edgecnn.errors import DataError, ModelError, ToolError
+from edgecnn.kinds import Arch, Backend
 from edgecnn.targets import Target
 
 GUEST_ERROR = "edgecnn-guest-error:"
@@ -53,8 +55,6 @@ def run_bundle_emulated(bundle: str | Path | Bundle, inputs: Sequence[np.ndarray
     and aarch64 code. An instruction the target's core lacks fails as
     "illegal instruction on <core> running <bundle>".
     """
-    from edgecnn.emulate.environment import require_environment
-
     t = resolve_target(target)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     m = b.manifest
@@ -65,8 +65,8 @@ def run_bundle_emulated(bundle: str | Path | Bundle, inputs: Sequence[np.ndarray
         raise ModelError(f"bundle {b.path.name} has {len(m.inputs)} inputs; emulated runs take one-input models")
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
         raise DataError(f"warmup must be 0 or more, got {warmup!r}")
-    if m.backend == "tvm":
-        if m.arch != "aarch64":
+    if m.backend == Backend.TVM:
+        if m.arch != Arch.AARCH64:
             raise ModelError(f"bundle {b.path.name} holds {m.arch} code; compile it for an aarch64 target "
                              f"to emulate it")
         if require_environment(t).tvm is None:

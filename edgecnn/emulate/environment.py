@@ -25,7 +25,7 @@ from typing import Iterator
 from edgecnn.emulate import plugin, sysroot, tools, wheels
 from edgecnn.errors import ToolError
 from edgecnn.paths import cache_dir
-from edgecnn.targets import Target, list_targets
+from edgecnn.targets import Target, get_target, list_targets
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,8 @@ class Ready:
 
 
 def emulated_targets() -> list[Target]:
-    return [t for t in list_targets() if t.arch == "aarch64" and t.qemu_cpu]
+    """The built-in targets qemu can stand in for."""
+    return [t for t in list_targets() if t.can_emulate]
 
 
 @contextmanager
@@ -76,9 +77,7 @@ def setup(target: str | Target | None = None, with_tvm: bool = False, log=print)
     Returns status() afterwards. Raises ToolError with the apt command when host
     tools are missing.
     """
-    from edgecnn.emulate.run import resolve_target
-
-    targets = [resolve_target(target)] if target is not None else emulated_targets()
+    targets = [get_target(target).require_emulation()] if target is not None else emulated_targets()
     tools.require_tools()
     started = time.perf_counter()
     with _setup_lock():
@@ -107,11 +106,13 @@ def _current_site(root: Path) -> Path | None:
 
 
 def require_environment(target: Target, need_plugin: bool = False) -> Ready:
-    """What a run needs, or one ToolError saying to run `edgecnn emulator setup`.
+    """What a run needs; TargetError when qemu cannot stand in for `target`, else one ToolError
+    saying to run `edgecnn emulator setup`.
 
     A missing view is made here (a few symlinks), so switching targets needs no
     new set-up.
     """
+    target.require_emulation()
     tools.require_tools(["qemu-aarch64"])
     if shutil.which("setarch") is None:
         raise ToolError("setarch not found: apt-get install util-linux")

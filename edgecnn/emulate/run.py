@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from edgecnn.emulate.environment import require_environment
 from edgecnn.emulate.plugin import Counts, parse_counts
 from edgecnn.emulate.sysroot import GUEST_DIR, GUEST_PYTHON, guest_mount
-from edgecnn.errors import TargetError, ToolError
+from edgecnn.errors import ToolError
 from edgecnn.targets import Target, get_target
 
 DEFAULT_TIMEOUT_S = 900
@@ -50,13 +51,8 @@ class GuestResult:
 
 
 def resolve_target(target: str | Target) -> Target:
-    """A Target that qemu can emulate (aarch64 with a qemu_cpu)."""
-    t = get_target(target) if isinstance(target, str) else target
-    if t.arch != "aarch64" or not t.qemu_cpu:
-        raise TargetError(f"target {t.name} cannot be emulated: it needs arch = \"aarch64\" and a qemu_cpu")
-    if t.qemu_cpu == "max":
-        raise TargetError(f"target {t.name}: qemu_cpu = \"max\" would hide illegal instructions; name the core")
-    return t
+    """The target (a Target, or a name, alias or path) when qemu can emulate it; TargetError otherwise."""
+    return get_target(target).require_emulation()
 
 
 def guest_env(pythonpath: Sequence[Path | str] = (), extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -85,6 +81,7 @@ def guest_env(pythonpath: Sequence[Path | str] = (), extra: dict[str, str] | Non
 def build_command(target: Target, view: Path, program: str | Path, args: Sequence[str] = (),
                   plugin: Path | None = None, plugin_out: Path | None = None, argv0: str | None = None) -> list[str]:
     """The host command line for one guest run (pure: nothing is checked or run)."""
+    # setarch takes the kernel's own machine name (uname -m), not the target spelling of host_arch().
     cmd = ["setarch", platform.machine(), "-R", "qemu-aarch64", "-cpu", target.qemu_cpu, "-L", str(view)]
     if argv0 is not None:
         cmd += ["-0", argv0]
@@ -132,8 +129,6 @@ def run_guest(target: str | Target, program: str | Path, args: Sequence[str] = (
     With check=True a failed run raises ToolError; an illegal instruction reads
     "illegal instruction on <core> running <what>".
     """
-    from edgecnn.emulate.environment import require_environment
-
     t = resolve_target(target)
     ready = require_environment(t, need_plugin=count)
     what = what or Path(str(program)).name
@@ -174,8 +169,6 @@ def run_python(target: str | Target, script: str | Path | None = None, args: Seq
     interpreter runs as /usr/bin/python3.11, so counts do not depend on where the
     cache or the checkout live.
     """
-    from edgecnn.emulate.environment import require_environment
-
     if (script is None) == (module is None):
         raise ValueError("give exactly one of script and module")
     t = resolve_target(target)

@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from edgecnn.emulate.tools import debian_mirror, require_tools
-from edgecnn.errors import TargetError, ToolError
+from edgecnn.errors import ToolError
 from edgecnn.paths import atomic_dir, atomic_write_bytes, cache_dir
 from edgecnn.targets import Target
 
@@ -62,8 +62,7 @@ def sysroot_path() -> Path:
 
 def cpuinfo_text(target: Target) -> str:
     """An ARM /proc/cpuinfo for `target`: implementer 0x41 (Arm) and the target's CPU part."""
-    if not target.cpu_part or not target.qemu_cpu:
-        raise TargetError(f"target {target.name} is not emulated (it has no qemu_cpu/cpu_part)")
+    target.require_emulation()
     variant, revision = _REVISION.get(target.cpu_part.lower(), ("0x0", "0"))
     words = ["fp", "asimd", "evtstrm"]
     for feat in target.features:

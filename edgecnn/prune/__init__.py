@@ -26,27 +26,12 @@ from pathlib import Path
 from typing import Callable
 
 from edgecnn.errors import AccuracyError, DataError, EdgecnnError, ModelError
+from edgecnn.kinds import PruneImportance as Importance, PruneMethod as Method, PruneScope as Scope
 
 __all__ = ["Importance", "Method", "PruneResult", "Scope", "prune"]
 
 FINETUNE_LR = 5e-4  # a quarter of the demo models' training rate: recover, do not retrain
 RECIPE = 1  # bump when fine-tuning changes, so a resumed run never mixes two recipes
-
-
-class Method(str, Enum):
-    CHANNEL = "channel"
-    MAGNITUDE = "magnitude"
-
-
-class Importance(str, Enum):
-    L1 = "l1"
-    L2 = "l2"
-    BN = "bn"
-
-
-class Scope(str, Enum):
-    GLOBAL = "global"
-    LAYER = "layer"
 
 
 @dataclass
@@ -77,6 +62,9 @@ class PruneResult:
         d = asdict(self)
         d["output"], d["report"] = str(self.output), str(self.report)
         return d
+
+
+_KIND_WORDS = {"onnx": "ONNX", "tflite": "a TFLite flatbuffer"}
 
 
 def _choice(enum: type[Enum], value: str, what: str) -> str:
@@ -130,7 +118,8 @@ def prune(model: str | Path, method: str, ratio: float, *, importance: str = "l1
     """
     from edgecnn.paths import cache_dir
     from edgecnn.prune import measure
-    from edgecnn.quantize.source import resolve_model
+    from edgecnn.runner.metrics import accuracy_drop
+    from edgecnn.source import load_source
     from edgecnn.zoo.stats import count_macs, count_params
 
     t0 = time.time()
@@ -147,9 +136,9 @@ def prune(model: str | Path, method: str, ratio: float, *, importance: str = "l1
     if max_drop is not None and not max_drop >= 0:
         raise EdgecnnError(f"max_drop must be a number of points >= 0, got {max_drop}")
 
-    source = resolve_model(model, weights=weights)
+    source = load_source(model, weights=weights)
     if source.keras_model is None:
-        raise ModelError(f"pruning needs a Keras model; {source.ref} is ONNX (prune its Keras source)")
+        raise ModelError(f"pruning needs a Keras model; {source.ref} is {_KIND_WORDS[source.kind]} (prune its Keras source)")
     original = source.keras_model
     meta = source.metadata()
     head = dict(source.head) if source.head else None
@@ -223,7 +212,7 @@ def prune(model: str | Path, method: str, ratio: float, *, importance: str = "l1
     say(f"timing fp32 TFLite before/after side by side ({runs} runs each, {threads} thread(s))")
     latency = measure.latency_side_by_side(tfl_before, tfl_after, threads=threads, runs=runs)
     keras_after = measure.keras_bytes(pruned)
-    drop = measure.drop_points(acc_before, acc_after)
+    drop = accuracy_drop(acc_before, acc_after)
     accuracy = None if acc_before is None else {"metric": acc_before["metric"], "dataset": val_ds.name,
                                                 "before": acc_before, "after": acc_after, "drop_points": drop}
     if max_drop is not None and drop is not None and drop > max_drop:
@@ -256,7 +245,7 @@ def prune(model: str | Path, method: str, ratio: float, *, importance: str = "l1
 
 
 def _export(keras_model) -> bytes:
-    from edgecnn.quantize.tflite import export_float
+    from edgecnn.frameworks.tf import tflite_float as export_float
 
     return export_float(keras_model)
 

@@ -158,12 +158,12 @@ def tflite_sparsity(keras_model, min_elements: int = 1024) -> dict:
     import tensorflow as tf
     from tensorflow.lite.tools import flatbuffer_utils
 
-    from edgecnn.quantize.tflite import _convert, export_float
+    from edgecnn.frameworks.tf import convert, tflite_converter, tflite_float
 
-    plain = export_float(keras_model)
-    c = tf.lite.TFLiteConverter.from_keras_model(keras_model)
+    plain = tflite_float(keras_model)
+    c = tflite_converter(keras_model)
     c.optimizations = [tf.lite.Optimize.EXPERIMENTAL_SPARSITY]
-    sparse = _convert(c, "sparsity encoding")
+    sparse = convert(c, "sparsity encoding")
     fb = flatbuffer_utils.read_model_from_bytearray(bytearray(plain))
     zeros = total = 0
     for sub in fb.subgraphs:

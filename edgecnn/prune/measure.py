@@ -32,17 +32,6 @@ def keras_bytes(model) -> bytes:
         return path.read_bytes()
 
 
-def _interpreter(model: bytes, threads: int):
-    from ai_edge_litert.interpreter import Interpreter
-
-    from edgecnn.quantize.tflite import _quiet
-
-    with _quiet(stderr=True):  # 'INFO: Created TensorFlow Lite XNNPACK delegate' on every load
-        it = Interpreter(model_content=model, num_threads=threads)
-    it.allocate_tensors()
-    return it
-
-
 def _stats(times_s: list[float]) -> dict:
     ms = np.asarray(times_s) * 1e3
     return {"mean": round(float(ms.mean()), 4), "p50": round(float(np.median(ms)), 4),
@@ -53,7 +42,9 @@ def _stats(times_s: list[float]) -> dict:
 def latency_side_by_side(before: bytes, after: bytes, threads: int = 1, runs: int = 200, warmup: int = 10,
                          seed: int = 0) -> dict:
     """Interleaved invoke() timings of two TFLite models on the same random input; medians and speed-up."""
-    its = [_interpreter(m, threads) for m in (before, after)]
+    from edgecnn.frameworks.litert import interpreter
+
+    its = [interpreter(m, threads) for m in (before, after)]
     inp = its[0].get_input_details()[0]
     x = np.random.default_rng(seed).uniform(-1, 1, inp["shape"]).astype(np.float32)
     for it in its:
@@ -76,14 +67,6 @@ def accuracy(model, metadata: dict, dataset) -> dict | None:
     """Accuracy of a Keras model on a labelled data set, as tools/train_demo.py and bench measure it."""
     if dataset is None:
         return None
-    from edgecnn.bench import accuracy as acc
+    from edgecnn.runner.metrics import evaluate
 
-    return acc.evaluate(model.predict_on_batch, metadata, dataset)
-
-
-def drop_points(before: dict | None, after: dict | None) -> float | None:
-    """Primary-metric loss in percentage points (top-1, or mAP@0.5:0.95)."""
-    if not before or not after:
-        return None
-    key = before["metric"]
-    return round((before[key] - after[key]) * 100, 3)
+    return evaluate(model.predict_on_batch, metadata, dataset)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgecnn.errors import AccuracyError, DataError, EdgecnnError
+from edgecnn.errors import AccuracyError, DataError, EdgecnnError, ModelError
 from edgecnn.quantize.backends import BACKENDS, Backend, IOType, Method, check_options
 
 __all__ = ["Backend", "IOType", "Method", "QuantizeResult", "quantize"]
@@ -85,7 +85,8 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
     from edgecnn.quantize import sensitivity as sens
     from edgecnn.quantize import validate as v
     from edgecnn.quantize.calibration import build_calibration, check_disjoint, check_input
-    from edgecnn.quantize.source import resolve_model
+    from edgecnn.runner.metrics import accuracy_drop, describe_accuracy, primary_metric
+    from edgecnn.source import load_source
 
     t0 = time.time()
     say = log or (lambda _msg: None)
@@ -102,7 +103,10 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         notes.append(msg)
         warnings.warn(msg, UserWarning, stacklevel=3)
 
-    source = resolve_model(model, weights=weights, preprocessing=preprocessing)
+    source = load_source(model, weights=weights, preprocessing=preprocessing)
+    if source.kind == "tflite":
+        raise ModelError(f"{Path(source.ref).name} is already a TFLite flatbuffer; quantize from its Keras (.keras) "
+                         "or ONNX source")
     check_input(source.name, source.input_shape, source.preprocessing)
     cset = load_calibration_set(calib)
     if cset.task and cset.task != source.task:
@@ -142,7 +146,7 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         say(f"validating fp32 and int8 on {held_out} held-out images")
         ref = v.evaluate(session.predictor(fp32_model), source, dataset, holdout)
         q = v.evaluate(session.predictor(int8_model), source, dataset, holdout)
-        drop = v.accuracy_drop(source.task, ref.accuracy, q.accuracy)
+        drop = accuracy_drop(ref.accuracy, q.accuracy)
         say("measuring per-layer sensitivity")
         ranked = sens.rank(session.sensitivity(int8_model, sensitivity_samples), session.short_name)
         kept: list[str] = []
@@ -150,51 +154,23 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         percentile = getattr(session, "percentile", None) if method == Method.PERCENTILE.value else None
 
         def describe(acc, d) -> str:
-            before, after = v.describe_accuracy(source.task, ref.accuracy), v.describe_accuracy(source.task, acc)
+            before, after = describe_accuracy(source.task, ref.accuracy), describe_accuracy(source.task, acc)
             return f"{source.name} {backend} int8 drops {d:.2f} points: fp32 {before} -> int8 {after}"
 
         if max_drop is not None and drop > max_drop:
             if not fallback:
                 raise AccuracyError(f"{describe(q.accuracy, drop)}, past --max-drop {max_drop:g}; most sensitive "
                                     f"layer {ranked[0].short} ({ranked[0].snr_db:.1f} dB): try --fallback")
+            from edgecnn.quantize.fallback import Candidate, search
 
-            def attempt(layers: list[str]) -> sens.Attempt:
-                say(f"fallback: {len(layers)} layer(s) in float")
-                model_bytes = session.quantize(layers)
-                ev = v.evaluate(session.predictor(model_bytes), source, dataset, None)
-                return sens.Attempt(layers, v.accuracy_drop(source.task, ref.accuracy, ev.accuracy),
-                                    (model_bytes, ev))
-
-            # First: outlier-robust ranges, every layer still int8 (MobileNetV3: 2.6 -> under 1 point).
-            # Detector heads need their range tails, so each candidate is validated like any attempt.
-            tried = {"minmax": (drop, int8_model, q, None)}
-            if method == Method.MINMAX.value and Method.PERCENTILE in session.methods:
-                for pct in session.percentile_steps:
-                    say(f"fallback: percentile {pct:g} calibration ranges")
-                    session.use_method(Method.PERCENTILE.value, pct)
-                    a = attempt([])
-                    tried[f"percentile {pct:g}"] = (a.drop, *a.result, pct)
-                    fallback_steps.append(f"calibration percentile {pct:g}: drop {a.drop:.2f} points")
-                    if a.drop <= max_drop:
-                        break
-            label = min(tried, key=lambda k: tried[k][0])
-            drop, int8_model, q, pct = tried[label]
-            if pct is not None:
-                method, percentile = Method.PERCENTILE.value, pct
-                session.use_method(method, pct)
-            else:
-                session.use_method(method)
-            if drop > max_drop:
-                if pct is not None:
-                    say("measuring per-layer sensitivity with those ranges")
-                    ranked = sens.rank(session.sensitivity(int8_model, sensitivity_samples), session.short_name)
-                fallback_steps.append(f"layers kept in float on top of {label} ranges")
-                outcome = sens.search(ranked, attempt, max_drop,
-                                      lambda a: describe(a.result[1].accuracy, a.drop))
-                int8_model, q = outcome.chosen.result
-                drop = outcome.chosen.drop
-                short = {r.layer: r.short for r in ranked}
-                kept = [short[name] for name in outcome.chosen.float_layers]
+            found = search(session, Candidate(drop, int8_model, q), ranked, max_drop, method,
+                           lambda model: v.evaluate(session.predictor(model), source, dataset, None),
+                           lambda ev: accuracy_drop(ref.accuracy, ev.accuracy), describe,
+                           sensitivity_samples, say)
+            drop, int8_model, q = found.chosen.drop, found.chosen.model, found.chosen.evaluation
+            method, kept, fallback_steps, ranked = found.method, found.float_layers, found.steps, found.ranked
+            if found.percentile is not None:
+                percentile = found.percentile
         outputs = v.fidelity(ref.outputs, q.outputs, names)
 
     out_dir = Path(output_dir)
@@ -210,7 +186,7 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         calibration={"name": cset.name, "images": len(data)},
         validation={"name": getattr(dataset, "name", None) or "held-out calibration images",
                     "images": held_out, "labelled": dataset is not None},
-        accuracy={"metric": v.primary_metric(source.task), "fp32": ref.accuracy, "int8": q.accuracy,
+        accuracy={"metric": primary_metric(source.task), "fp32": ref.accuracy, "int8": q.accuracy,
                   "drop_points": drop},
         outputs=outputs,
         sensitivity=[{"layer": r.short, "snr_db": r.snr_db} for r in ranked[:top_layers]],

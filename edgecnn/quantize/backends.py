@@ -1,40 +1,73 @@
-"""The quantization backends behind one small interface, and the registry name -> backend.
+"""The quantization backends behind one interface (QuantizerBackend), and the registry name -> backend.
 
 A backend session owns a work folder and turns one SourceModel plus
 calibration data into: the fp32 artifact, int8 artifacts (optionally with some
 layers kept in float), a predictor for either, and per-layer sensitivity.
-A new backend is one module plus one line in BACKENDS.
+A new backend is one QuantizerBackend subclass plus one line in BACKENDS
+(docs/architecture.md, "Quantize backends").
 """
 
 from __future__ import annotations
 
-from enum import Enum
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from edgecnn.errors import EdgecnnError, ModelError
+from edgecnn.kinds import IOType, QuantBackend as Backend, QuantMethod as Method  # the names quantize uses
 from edgecnn.quantize.calibration import CalibrationData
 
 
-class Backend(str, Enum):
-    TFLITE = "tflite"
-    ONNX = "onnx"
+Predict = Callable[[np.ndarray], list[np.ndarray]]
 
 
-class Method(str, Enum):
-    MINMAX = "minmax"
-    ENTROPY = "entropy"
-    PERCENTILE = "percentile"
+class QuantizerBackend(ABC):
+    """One quantization run of one source model; what quantize() and quantize.fallback talk to.
+
+    Class attributes declare the backend's options (checked by check_options before
+    any work): `methods` it calibrates with, `io_types` it writes, `percentile_steps`
+    --fallback tries, the artifact `suffix`.
+    """
+
+    suffix: str = ""
+    methods: tuple[Method, ...] = ()
+    io_types: tuple[IOType, ...] = ()
+    default_io: IOType = IOType.FLOAT
+    percentile_steps: tuple[float, ...] = ()
+    percentile: float | None = None
+
+    @abstractmethod
+    def export_float(self) -> bytes:
+        """The fp32 artifact of this backend: the reference int8 is validated against."""
+
+    @abstractmethod
+    def use_method(self, method: str, percentile: float | None = None) -> None:
+        """Quantize from now on with another calibration method (statistics reused where possible)."""
+
+    @abstractmethod
+    def quantize(self, float_layers: Sequence[str] = ()) -> bytes:
+        """The int8 artifact, with `float_layers` (backend layer names) kept in float."""
+
+    @abstractmethod
+    def predictor(self, model: bytes) -> Predict:
+        """Float batch -> float outputs for either artifact."""
+
+    @abstractmethod
+    def output_names(self, model: bytes) -> list[str]:
+        """Output names as users know them, in output order."""
+
+    @abstractmethod
+    def sensitivity(self, int8_model: bytes, samples: int) -> dict[str, float]:
+        """Backend layer name -> output SNR (dB) when that layer alone is quantized."""
+
+    def short_name(self, layer: str) -> str:
+        """A readable layer name for reports."""
+        return layer
 
 
-class IOType(str, Enum):
-    INT8 = "int8"
-    FLOAT = "float"
-
-
-class TFLiteSession:
+class TFLiteSession(QuantizerBackend):
     """Full-integer TFLite: calibrate once, requantize cheaply for each fallback attempt."""
 
     suffix = ".tflite"
@@ -47,7 +80,8 @@ class TFLiteSession:
         from edgecnn.quantize import tflite
 
         if source.keras_model is None:
-            raise ModelError(f"the tflite backend quantizes Keras models; {source.ref} is ONNX: use --backend onnx")
+            raise ModelError(f"the tflite backend quantizes Keras models; {source.ref} is {source.kind}: use "
+                             "--backend onnx")
         self._t = tflite
         self.source, self.calib = source, calib
         self.per_channel, self.int8_io, self.method = per_channel, io == IOType.INT8.value, method
@@ -56,7 +90,9 @@ class TFLiteSession:
         self._calibrated: bytes | None = None  # the same with the method's ranges
 
     def export_float(self) -> bytes:
-        return self._t.export_float(self.source.keras_model)
+        from edgecnn.frameworks.tf import tflite_float
+
+        return tflite_float(self.source.keras_model)
 
     def use_method(self, method: str, percentile: float | None = None) -> None:
         """Quantize from now on with another calibration method (the recorded statistics are reused)."""
@@ -72,12 +108,15 @@ class TFLiteSession:
                 self._calibrated = self._t.clip_ranges(self._recorded, self.calib, self.percentile)
         return self._t.quantize(self._calibrated, self.per_channel, self.int8_io, float_layers)
 
-    def predictor(self, model: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
-        return self._t.predictor(model)
+    def predictor(self, model: bytes) -> Predict:
+        from edgecnn.frameworks.litert import predictor
+
+        return predictor(model)
 
     def output_names(self, model: bytes) -> list[str]:
-        it = self._t._interpreter(model)  # noqa: SLF001 - same module family
-        names = [d["name"] for d in it.get_output_details()]
+        from edgecnn.frameworks.litert import output_names
+
+        names = output_names(model)
         keras_names = list(getattr(self.source.keras_model, "output_names", None) or [])
         # TFLite calls outputs 'StatefulPartitionedCall_1:0'; the Keras layer names are what users know.
         return keras_names if len(keras_names) == len(names) else names
@@ -90,7 +129,7 @@ class TFLiteSession:
         return self._t.short_name(layer)
 
 
-class ONNXSession:
+class ONNXSession(QuantizerBackend):
     """QDQ ONNX through onnxruntime.quantization; calibration ranges cached in the work folder."""
 
     suffix = ".onnx"
@@ -128,11 +167,15 @@ class ONNXSession:
         self._last = self._o.quantize(self._pre, self.calib, self.work, self.per_channel, self.method, float_layers)
         return self._last.read_bytes()
 
-    def predictor(self, model: bytes) -> Callable[[np.ndarray], list[np.ndarray]]:
-        return self._o.predictor(model)
+    def predictor(self, model: bytes) -> Predict:
+        from edgecnn.frameworks.ort import predictor
+
+        return predictor(model)
 
     def output_names(self, model: bytes) -> list[str]:
-        return [o.name for o in self._o._session(model).get_outputs()]  # noqa: SLF001
+        from edgecnn.frameworks.ort import output_names
+
+        return output_names(model)
 
     def sensitivity(self, int8_model: bytes, samples: int) -> dict[str, float]:
         qdq = self.work / "sensitivity-qdq.onnx"

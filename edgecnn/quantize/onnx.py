@@ -12,32 +12,20 @@ Per-layer sensitivity uses onnxruntime's qdq_loss_debug tools.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from edgecnn.errors import EdgecnnError, ModelError
+from edgecnn.errors import EdgecnnError
+from edgecnn.frameworks.tf import onnx_float
 from edgecnn.quantize.calibration import CalibrationData
 
 SUFFIX = ".onnx"
-INPUT_NAME = "input"
-OPSET = 17
 
 
 def export_float(keras_model, work: Path) -> Path:
-    """Keras -> ONNX (NHWC input named 'input', batch dimension free); returns the file."""
-    import tensorflow as tf
-    import tf2onnx
-
-    shape = (None,) + tuple(keras_model.input_shape[1:])
-    spec = (tf.TensorSpec(shape, tf.float32, name=INPUT_NAME),)
-    try:
-        proto, _ = tf2onnx.convert.from_keras(keras_model, input_signature=spec, opset=OPSET)
-    except (ValueError, NotImplementedError) as e:
-        raise ModelError(f"tf2onnx cannot export the Keras model: {str(e).splitlines()[0] if str(e) else e}") from e
-    path = work / "float.onnx"
-    path.write_bytes(proto.SerializeToString())
-    return path
+    """Keras -> ONNX (NHWC input named 'input', batch dimension free) as work/float.onnx; returns the file."""
+    return onnx_float(keras_model, work / "float.onnx")
 
 
 def input_name(path: Path) -> str:
@@ -79,35 +67,6 @@ def quantize(pre_path: Path, calib: CalibrationData, work: Path, per_channel: bo
                     # Symmetric int8 weights are what ARM int8 kernels (and TFLite) expect.
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     return out
-
-
-def _session(model: Path | bytes, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    source = str(model) if isinstance(model, Path) else model
-    try:
-        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-    except (RuntimeError, ValueError) as e:  # onnxruntime's Fail/InvalidGraph derive from RuntimeError
-        raise ModelError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
-
-
-def predictor(model: Path | bytes, threads: int = 1) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """batch (N, H, W, 3) float32 -> list of float32 outputs."""
-    sess = _session(model, threads)
-    inp = sess.get_inputs()[0]
-    fixed_batch = isinstance(inp.shape[0], int)
-
-    def run(batch: np.ndarray) -> list[np.ndarray]:
-        batch = np.ascontiguousarray(batch, np.float32)
-        if not fixed_batch:
-            return [np.asarray(o, np.float32) for o in sess.run(None, {inp.name: batch})]
-        outs = [sess.run(None, {inp.name: batch[i:i + 1]}) for i in range(len(batch))]
-        return [np.concatenate([o[k] for o in outs]).astype(np.float32) for k in range(len(outs[0]))]
-
-    return run
 
 
 def layer_sensitivity(pre_path: Path, qdq_path: Path, calib: CalibrationData, work: Path,

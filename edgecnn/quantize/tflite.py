@@ -11,77 +11,30 @@ does internally; per-layer sensitivity uses that debugger.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import os
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
 from edgecnn.errors import EdgecnnError, ModelError
+from edgecnn.frameworks import quiet
+from edgecnn.frameworks.litert import interpreter
+from edgecnn.frameworks.tf import convert, tflite_converter
 from edgecnn.quantize.calibration import CalibrationData
 
 SUFFIX = ".tflite"
 _TRANSPORT_OPS = {"QUANTIZE", "DEQUANTIZE", "NumericVerify"}
 
 
-@contextlib.contextmanager
-def _quiet(stderr: bool = False):
-    """Keep stdout for results: Keras' export prints every captured variable, the C++ quantizer its settings.
-
-    The C++ side writes to file descriptor 1 directly, so redirect that, not only sys.stdout.
-    """
-    import sys
-
-    fds = (1, 2) if stderr else (1,)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in fds}
-    try:
-        with open(os.devnull, "wb") as null:
-            for fd in fds:
-                os.dup2(null.fileno(), fd)
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        sys.stdout.flush()
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
-
-
-def _converter(keras_model):
-    import tensorflow as tf
-
-    return tf.lite.TFLiteConverter.from_keras_model(keras_model)
-
-
-def _convert(converter, what: str) -> bytes:
-    from tensorflow.lite.python.convert_phase import ConverterError
-
-    try:
-        with _quiet():
-            return converter.convert()
-    except (ConverterError, ValueError) as e:  # the converter's own diagnosis of an unsupported model
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelError(f"TFLite converter failed ({what}): {first}") from e
-
-
-def export_float(keras_model) -> bytes:
-    """The fp32 TFLite flatbuffer: the reference the int8 model is judged against."""
-    return _convert(_converter(keras_model), "float export")
-
-
 def calibrate(keras_model, calib: CalibrationData) -> bytes:
     """Run the representative data set through the model; a float flatbuffer with recorded ranges."""
     import tensorflow as tf
 
-    c = _converter(keras_model)
+    c = tflite_converter(keras_model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = calib.representative_dataset()
     c.experimental_new_quantizer = True
     c._experimental_calibrate_only = True  # noqa: SLF001 - the documented debugger path
-    return _convert(c, "calibration")
+    return convert(c, "calibration")
 
 
 PERCENTILE = 99.99  # default for --method percentile (tflite): kept 0.4-0.8 pt drops on V2, V3 and YOLO-Lite
@@ -118,7 +71,7 @@ def clip_ranges(calibrated: bytes, calib: CalibrationData, percentile: float = P
     if not ranges:
         raise EdgecnnError("the calibrated model records no activation ranges to clip")
     hist = {index: np.zeros(BINS, np.int64) for index in ranges}
-    it = _interpreter(calibrated, delegates=False, keep_tensors=True)
+    it = interpreter(calibrated, delegates=False, keep_tensors=True)
     inp = it.get_input_details()[0]["index"]
     for i in range(len(calib.images)):
         it.set_tensor(inp, calib.images[i:i + 1])
@@ -148,7 +101,7 @@ def quantize(calibrated: bytes, per_channel: bool = True, int8_io: bool = True,
     from tensorflow.lite.python import convert
 
     io_type = tf.int8 if int8_io else tf.float32
-    with _quiet(stderr=True):  # the C++ quantizer logs its settings on every call
+    with quiet(stderr=True):  # the C++ quantizer logs its settings on every call
         model = convert.mlir_quantize(calibrated, disable_per_channel=not per_channel, input_data_type=io_type,
                                       output_data_type=io_type, denylisted_nodes=list(float_layers) or None)
     if not float_layers:
@@ -160,24 +113,9 @@ def quantize(calibrated: bytes, per_channel: bool = True, int8_io: bool = True,
     return model
 
 
-def _interpreter(model: bytes, threads: int = 1, delegates: bool = True, keep_tensors: bool = False):
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    # Without the default (XNNPACK) delegate the op list shows the model's own ops, not one DELEGATE node.
-    resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-    try:
-        with _quiet(stderr=True):  # 'INFO: Created TensorFlow Lite XNNPACK delegate' on every load
-            it = Interpreter(model_content=model, num_threads=threads, experimental_op_resolver_type=resolver,
-                             experimental_preserve_all_tensors=keep_tensors)
-        it.allocate_tensors()
-        return it
-    except (ValueError, RuntimeError) as e:
-        raise ModelError(f"LiteRT cannot load the TFLite model: {e}") from None
-
-
 def float_ops(model: bytes) -> list[str]:
     """Names of the ops that still compute in float (quantize/dequantize at the edges excluded)."""
-    it = _interpreter(model, delegates=False)
+    it = interpreter(model, delegates=False)
     tensors = {d["index"]: d for d in it.get_tensor_details()}
     out = []
     for op in it._get_ops_details():  # noqa: SLF001 - LiteRT has no public op listing
@@ -186,33 +124,6 @@ def float_ops(model: bytes) -> list[str]:
         if any(tensors[i]["dtype"] == np.float32 for i in op["outputs"] if i in tensors):
             out.append(op["op_name"])
     return out
-
-
-def predictor(model: bytes, threads: int = 1) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """batch (N, H, W, 3) float32 -> list of float32 outputs; int8 inputs/outputs are (de)quantized here."""
-    it = _interpreter(model, threads)
-    inp = it.get_input_details()[0]
-    outs = it.get_output_details()
-
-    def run(batch: np.ndarray) -> list[np.ndarray]:
-        results = [[] for _ in outs]
-        for x in batch:
-            x = x[None]
-            if inp["dtype"] != np.float32:
-                scale, zero = inp["quantization"]
-                info = np.iinfo(inp["dtype"])
-                x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(inp["dtype"])
-            it.set_tensor(inp["index"], x)
-            it.invoke()
-            for k, d in enumerate(outs):
-                y = it.get_tensor(d["index"])
-                if d["dtype"] != np.float32:
-                    scale, zero = d["quantization"]
-                    y = (y.astype(np.float32) - zero) * scale
-                results[k].append(y)
-        return [np.concatenate(r) for r in results]
-
-    return run
 
 
 def _snr_db(float_tensor, quant_tensor, scale, zero_point) -> float:
@@ -236,7 +147,7 @@ def layer_sensitivity(calibrated: bytes, calib: CalibrationData, per_channel: bo
     import tensorflow as tf
     from tensorflow.lite.python import convert
 
-    with _quiet(stderr=True):
+    with quiet(stderr=True):
         debug_model = convert.mlir_quantize(calibrated, disable_per_channel=not per_channel,
                                             enable_numeric_verify=True)
     subset = calib.images[:samples]
@@ -247,7 +158,7 @@ def layer_sensitivity(calibrated: bytes, calib: CalibrationData, per_channel: bo
 
     options = tf.lite.experimental.QuantizationDebugOptions(
         layer_debug_metrics={}, layer_direct_compare_metrics={"snr_db": _snr_db})
-    with _quiet(stderr=True):
+    with quiet(stderr=True):
         debugger = tf.lite.experimental.QuantizationDebugger(
             quant_debug_model_content=debug_model, debug_dataset=data, debug_options=options)
         debugger.run()

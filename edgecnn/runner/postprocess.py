@@ -9,8 +9,11 @@ per anchor [tx, ty, tw, th, objectness logit, class logits...]; anchors are
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+
+from edgecnn.errors import ModelError
 
 
 @dataclass(frozen=True)
@@ -86,3 +89,34 @@ def postprocess_yolo(raw: np.ndarray, anchors, num_classes: int, input_size: tup
                      max_detections: int = 100) -> Detections:
     """decode_yolo then nms: the detector's whole post-processing for one image."""
     return nms(decode_yolo(raw, anchors, num_classes, input_size, conf_threshold), iou_threshold, max_detections)
+
+
+def decoder(metadata: dict, what: str = "metadata") -> Callable[[np.ndarray], Detections]:
+    """The decode of one image's raw head output that a model's data contract describes.
+
+    `metadata` has the manifest's shape (a bundle's manifest dict, or a source
+    model's sidecar): "task", "head" (anchors), "classes", "preprocessing" (its
+    "size" is the model-input size boxes are scaled to) and, optionally,
+    "postprocess" ({"kind": "yolo_region", conf/iou thresholds, max_detections}).
+    Without class names the class count is read off the head's channels.
+    `what` names the metadata in error messages.
+    """
+    task = metadata.get("task") or "detection"
+    if task != "detection":
+        raise ModelError(f"{what}: task {task!r} has no detector decode")
+    anchors = (metadata.get("head") or {}).get("anchors")
+    if not anchors:
+        raise ModelError(f"{what}: a detector needs head.anchors to decode its output")
+    post = dict(metadata.get("postprocess") or {})
+    kind = post.pop("kind", "yolo_region")
+    if kind != "yolo_region":
+        raise ModelError(f"{what}: postprocess kind {kind!r} is not supported (yolo_region)")
+    size = tuple(metadata["preprocessing"]["size"])
+    classes = metadata.get("classes")
+    num_classes = len(classes) if classes else None
+
+    def decode(raw: np.ndarray) -> Detections:
+        count = num_classes or raw.shape[-1] // len(anchors) - 5
+        return postprocess_yolo(raw, anchors, count, size, **post)
+
+    return decode

@@ -3,7 +3,7 @@
     from edgecnn.runner.run import run_bundle
     result = run_bundle("build/a72/mobilenet_v2-int8-tflite", data="val/", runs=50)
 
-The dict uses the bench JSON names (shared/DESIGN.md): latency_ms {mean, p50,
+The dict uses the bench JSON names (docs/architecture.md): latency_ms {mean, p50,
 p90, p99, std}, fps, load_ms, first_inference_ms, peak_rss_mb, size_bytes,
 threads, images, accuracy. Timed runs invoke the model on the same input, already
 fed: they measure the runtime, not image decoding or (de)quantization.
@@ -165,7 +165,7 @@ def evaluate_bundle(session: Session, dataset) -> dict[str, Any]:
         labels = np.array([s.label for s in dataset.samples])
         if mapping is not None:  # the data set's labels in the model's class order
             labels = np.array([int(np.flatnonzero(mapping == label)[0]) for label in labels])
-        from edgecnn.bench.accuracy import topk_accuracy
+        from edgecnn.runner.metrics import topk_accuracy
 
         top = np.argsort(-scores, axis=1)[:, :5]
         # top5: class indices in the manifest's class order
@@ -174,34 +174,28 @@ def evaluate_bundle(session: Session, dataset) -> dict[str, Any]:
     if m.task != "detection":
         raise ModelError(f"manifest: task {m.task!r} is not supported (classification or detection)")
     detections = _detect(session, dataset, prep, mapping)
-    from edgecnn.bench.accuracy import coco_results
+    from edgecnn.runner.metrics import coco_map_from_results, coco_results
 
     results = coco_results(dataset, detections)
     try:
         import faster_coco_eval  # noqa: F401
     except ImportError:
         return {"images": len(dataset), "accuracy": None, "predictions": results}
-    from edgecnn.bench.accuracy import coco_map_from_results
-
     return {"images": len(dataset), "accuracy": coco_map_from_results(dataset, results), "predictions": results}
 
 
 def _detect(session: Session, dataset, prep, mapping: np.ndarray | None) -> list:
-    from edgecnn.runner.postprocess import Detections, postprocess_yolo
+    from edgecnn.runner.postprocess import Detections, decoder
 
     m = session.manifest
     if not m.head or not m.classes:
         raise ModelError("manifest: a detection bundle needs head (anchors) and classes")
-    post = dict(m.postprocess or {})
-    kind = post.pop("kind", "yolo_region")
-    if kind != "yolo_region":
-        raise ModelError(f"manifest: postprocess kind {kind!r} is not supported (yolo_region)")
-    size = tuple(m.preprocessing["size"])
+    decode = decoder(m.to_dict(), "manifest")
     out = []
     for s in dataset.samples:
         batch, transform = prep(s.path)
         raw = predict(session, batch)[0][0]
-        det = postprocess_yolo(raw, m.head["anchors"], len(m.classes), size, **post)
+        det = decode(raw)
         boxes, scores, labels = transform.boxes_to_original(det.boxes), det.scores, det.labels
         if mapping is not None:
             labels = mapping[labels]

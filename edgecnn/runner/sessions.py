@@ -18,7 +18,6 @@ runtime a bundle needs only when a session for it is opened. Never TensorFlow.
 from __future__ import annotations
 
 import os
-import platform
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -26,6 +25,9 @@ import numpy as np
 
 from edgecnn.artifacts import Bundle, TensorSpec, text_sha256
 from edgecnn.errors import DataError, ModelError
+from edgecnn.kinds import Backend
+from edgecnn.runner.tensors import per_image, to_float, to_integer
+from edgecnn.targets import host_arch
 
 RUNNER_HINT = "pip install 'edgecnn[runner]'"
 
@@ -104,22 +106,19 @@ class Session:
         if want.kind in "iu" and x.dtype != want:
             if x.dtype.kind != "f":
                 raise DataError(f"input {spec.name!r}: got {x.dtype}, the model takes {want} or float")
-            scale, zero = self._quantization("input", index, spec)
-            info = np.iinfo(want)
-            x = np.clip(np.rint(x / np.float32(scale) + zero), info.min, info.max)
+            x = to_integer(x, want, *self._quantization("input", index, spec))
         return np.ascontiguousarray(x, dtype=want)
 
     def _to_float(self, index: int, spec: TensorSpec, y: np.ndarray) -> np.ndarray:
         y = np.asarray(y)
         if y.dtype.kind in "iu" and np.dtype(spec.dtype).kind in "iu":
-            scale, zero = self._quantization("output", index, spec)
-            return (y.astype(np.float32) - np.float32(zero)) * np.float32(scale)
+            return to_float(y, *self._quantization("output", index, spec))
         return y.astype(np.float32, copy=False)
 
 
 def resolve_threads(bundle: Bundle, threads: int | None) -> int:
-    """The thread count: the caller's, else the manifest's runtime setting, else every core."""
-    value = threads if threads is not None else bundle.manifest.runtime.get("threads")
+    """The thread count: the caller's, else the manifest's backend option, else every core."""
+    value = threads if threads is not None else bundle.manifest.backend_options.get("threads")
     if value is None:
         value = os.cpu_count() or 1
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -132,9 +131,9 @@ def _first_line(e: BaseException) -> str:
 
 
 class TFLiteSession(Session):
-    """ai-edge-litert's Interpreter; XNNPACK (the default delegate) unless runtime.delegate is "none"."""
+    """ai-edge-litert's Interpreter; XNNPACK (the default delegate) unless backend_options.delegate is "none"."""
 
-    backend = "tflite"
+    backend = Backend.TFLITE
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
         super().__init__(bundle, threads)
@@ -142,9 +141,9 @@ class TFLiteSession(Session):
             from ai_edge_litert.interpreter import Interpreter, OpResolverType
         except ImportError:
             raise MissingRuntime("ai-edge-litert") from None
-        delegate = str(self.manifest.runtime.get("delegate", "xnnpack")).lower()
+        delegate = str(self.manifest.backend_options.get("delegate", "xnnpack")).lower()
         if delegate not in ("xnnpack", "none"):
-            raise ModelError(f"manifest: runtime.delegate {delegate!r} is not supported (xnnpack or none)")
+            raise ModelError(f"manifest: backend_options.delegate {delegate!r} is not supported (xnnpack or none)")
         resolver = OpResolverType.AUTO if delegate == "xnnpack" else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
         path = bundle.file("model")
         try:
@@ -191,7 +190,7 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
 class OnnxSession(Session):
     """onnxruntime's InferenceSession with the manifest's execution provider and intra-op threads."""
 
-    backend = "onnx"
+    backend = Backend.ONNX
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
         super().__init__(bundle, threads)
@@ -199,7 +198,7 @@ class OnnxSession(Session):
             import onnxruntime as ort
         except ImportError:
             raise MissingRuntime("onnxruntime") from None
-        provider = self.manifest.runtime.get("execution_provider", "CPUExecutionProvider")
+        provider = self.manifest.backend_options.get("execution_provider", "CPUExecutionProvider")
         available = ort.get_available_providers()
         if provider not in available:
             raise ModelError(f"this bundle needs onnxruntime's {provider}; this onnxruntime has "
@@ -233,25 +232,19 @@ class OnnxSession(Session):
         return list(self._result)
 
 
-def machine_arch() -> str:
-    """This machine in manifest terms: "aarch64" or "x86_64"."""
-    m = platform.machine().lower()
-    return {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}.get(m, m)
-
-
 class TvmSession(Session):
     """A TVM Relax library (model.so) through tvm.runtime.vm.VirtualMachine; entry function "main".
 
     The runtime alone is enough (TVM_USE_RUNTIME_LIB=1 or a wheel without libtvm_compiler.so).
     """
 
-    backend = "tvm"
+    backend = Backend.TVM
 
     def __init__(self, bundle: Bundle, threads: int | None = None):
         super().__init__(bundle, threads)
-        if self.manifest.arch != machine_arch():
+        if self.manifest.arch != host_arch():
             raise ModelError(f"bundle {bundle.path.name} holds {self.manifest.arch} code and this machine is "
-                             f"{machine_arch()}: run it on the board, or emulated")
+                             f"{host_arch()}: run it on the board, or emulated")
         version = self.manifest.tools.get("apache-tvm")
         try:
             import tvm
@@ -260,9 +253,9 @@ class TvmSession(Session):
         except ImportError:
             pin = f"=={version}" if version else ""
             raise MissingRuntime("apache-tvm", f"pip install 'apache-tvm{pin}'") from None
-        device = self.manifest.runtime.get("device", "cpu")
+        device = self.manifest.backend_options.get("device", "cpu")
         if device not in ("cpu", "cuda"):
-            raise ModelError(f"manifest: runtime.device {device!r} is not supported (cpu or cuda)")
+            raise ModelError(f"manifest: backend_options.device {device!r} is not supported (cpu or cuda)")
         self._tvm = tvm
         if device == "cuda":
             _load_tvm_cuda(tvm)
@@ -275,11 +268,11 @@ class TvmSession(Session):
         if config is not None and device == "cpu":
             config(1, self.threads)  # 1: TVM's "big cores" mode, the default; nthreads as asked
         path = bundle.file("model")
-        kernels = self.manifest.runtime.get("cuda_kernels")
+        kernels = self.manifest.backend_options.get("cuda_kernels")
         try:
             with _serving_cuda_kernels(bundle, kernels):
                 self._vm = tvm.runtime.vm.VirtualMachine(tvm.runtime.load_module(str(path)), self._dev)
-            self._fn = self._vm[self.manifest.runtime.get("entry", "main")]
+            self._fn = self._vm[self.manifest.backend_options.get("entry", "main")]
         except (RuntimeError, ValueError, AttributeError, OSError) as e:
             raise ModelError(f"the TVM runtime cannot load {path}: {_first_line(e)}") from None
         self._args: list = []
@@ -364,10 +357,10 @@ def _check_count(bundle: Bundle, inputs: int, outputs: int) -> None:
 
 
 # The registry: a new backend is one Session subclass and one line here.
-SESSIONS: dict[str, type[Session]] = {
-    "tflite": TFLiteSession,
-    "onnx": OnnxSession,
-    "tvm": TvmSession,
+SESSIONS: dict[Backend, type[Session]] = {
+    Backend.TFLITE: TFLiteSession,
+    Backend.ONNX: OnnxSession,
+    Backend.TVM: TvmSession,
 }
 
 
@@ -388,8 +381,7 @@ def predict(session: Session, batch: np.ndarray) -> list[np.ndarray]:
         return session(batch)
     if fixed != 1:
         raise DataError(f"the model takes batches of {fixed}, got {len(batch)}")
-    parts = [session(batch[i:i + 1]) for i in range(len(batch))]
-    return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+    return per_image(session, batch)
 
 
 __all__ = ["MissingRuntime", "OnnxSession", "SESSIONS", "Session", "TFLiteSession", "TvmSession",

@@ -4,28 +4,19 @@ inference's instruction count is identical run to run and wherever the bundle li
 from __future__ import annotations
 
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
-import bundle_fixtures as BF  # noqa: E402
-import quantize_fixtures as QF  # noqa: E402
-
-from edgecnn.artifacts import TensorSpec, load_bundle  # noqa: E402
-from edgecnn.emulate import run_bundle_emulated, setup  # noqa: E402
-from edgecnn.errors import DataError  # noqa: E402
-from edgecnn.runner.sessions import open_session  # noqa: E402
-from edgecnn.targets import get_target  # noqa: E402
+from edgecnn.artifacts import TensorSpec, load_bundle
+from edgecnn.emulate import run_bundle_emulated, setup
+from edgecnn.errors import DataError
+from edgecnn.runner.sessions import open_session
+from edgecnn.targets import get_target
+from fixtures import bundles as BF
+from fixtures import colors as QF
 
 pytestmark = pytest.mark.emulated
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return BF.build_bundles(tmp_path_factory.mktemp("bundles"))
 
 
 def inputs(n: int = 2) -> list[np.ndarray]:
@@ -85,7 +76,7 @@ def test_tvm_bundle_cross_compiled_for_the_target(emulator, tmp_path):
         str(lib), fcompile=tvm.support.cc.cross_compiler(t.cross_compiler))
     b = BF.write_bundle(tmp_path / "tvm", "model.so", lib.read_bytes(), "tvm", "fp32",
                         [TensorSpec("x", [1, 32, 32, 3], "float32")], [TensorSpec("y", [1, 3], "float32", "")],
-                        runtime={"device": "cpu", "entry": "main"})
+                        backend_options={"device": "cpu", "entry": "main"})
     xs = inputs()
     first = run_bundle_emulated(b, xs, "a72")
     second = run_bundle_emulated(b, xs, "a72")

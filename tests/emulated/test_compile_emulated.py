@@ -1,14 +1,10 @@
 """A TVM a72 bundle of a tiny model runs under qemu (cortex-a72) and matches the host: compile's own
 emulated verification, then the same library run again by the guest and compared with a host build."""
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "unit"))
-import compile_fixtures as F  # noqa: E402
+from fixtures import model_files as F
 
 pytestmark = pytest.mark.emulated
 
@@ -34,7 +30,7 @@ def test_tvm_a72_bundle_runs_under_qemu_and_matches_host(tvm_runtime, tmp_path):
     assert ver["cosine"] > 0.9999
     host = compile_model(model, "host", backend="tvm", calib=calib, output_dir=tmp_path / "host")
     m = arm.bundle.manifest
-    built = Built(m.files, m.inputs, m.outputs, m.runtime, m.tools)
+    built = Built(m.files, m.inputs, m.outputs, m.backend_options, m.tools)
     x = np.random.default_rng(0).random((2, 32, 32, 3), dtype=np.float32)
     guest = tvm_backend.emulated_runner(arm.bundle.path, built, get_target("a72"))(x)
     native = tvm_backend.host_runner(host.bundle.path, built)(x)

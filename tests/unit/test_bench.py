@@ -5,16 +5,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from sshd_fixture import sshd  # noqa: E402,F401  (a fixture)
-
-from edgecnn.bench.pipeline import Mode, make_plan, parse_prune  # noqa: E402
-from edgecnn.cli import main  # noqa: E402
-from edgecnn.errors import DataError, TargetError  # noqa: E402
+from edgecnn.bench.pipeline import Mode, make_plan, parse_prune
+from edgecnn.cli import main
+from edgecnn.errors import DataError, TargetError
 
 
 def _cli(capsys, *args):
@@ -133,3 +129,47 @@ def test_unreachable_board_is_one_line(capsys):
                           "--device", "nobody@127.0.0.1:1", "--runs", "1", "--limit", "1")
     assert code == 1 and err.startswith("Error: mobilenet_v1 tflite fp32: cannot reach nobody@127.0.0.1")
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------- a user's own model: its own data only
+
+
+@pytest.fixture(scope="module")
+def user_files(tmp_path_factory):
+    from fixtures import colors
+
+    root = tmp_path_factory.mktemp("user")
+    return {"model": colors.save_model(root / "m", colors.color_model(), name="mine"),
+            "calib": colors.make_calibration(root / "street", 12), "val": colors.make_val(root / "val")}
+
+
+def test_user_model_int8_without_calib_fails_before_any_work(user_files, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+    code, _, err = _cli(capsys, "bench", "--target", "host", "--model", str(user_files["model"]),
+                        "--precision", "int8", "--data", str(user_files["val"]))
+    assert code == 1 and err.startswith("Error: int8 for ") and "--calib" in err, err
+    assert not (tmp_path / "cache").exists(), "nothing may be built or cached before the refusal"
+    with pytest.raises(DataError, match="--calib"):
+        make_plan("host", models=[str(user_files["model"])], precisions=["int8"], data=str(user_files["val"]))
+
+
+def test_user_model_is_never_scored_on_demo_data(user_files):
+    with pytest.raises(DataError, match="--data is needed to measure the accuracy of"):
+        make_plan("host", models=[str(user_files["model"])], precisions=["fp32"])
+    with pytest.raises(DataError, match="--data is needed"):
+        make_plan("host", models=[str(user_files["model"])], precisions=["int8"], calib=str(user_files["calib"]))
+
+
+@pytest.mark.slow
+def test_user_model_int8_calibrates_on_its_own_set(user_files, tmp_path, monkeypatch):
+    from edgecnn.artifacts import load_bundle
+    from edgecnn.bench.pipeline import bench
+
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+    plan = make_plan("host", models=[str(user_files["model"])], precisions=["int8"], calib=str(user_files["calib"]),
+                     data=str(user_files["val"]), runs=3, warmup=1, threads=1)
+    row = bench(plan)["results"][0]
+    quant = load_bundle(row["bundle"]).manifest.verification["quantization"]
+    # 12 images: one is held out of calibration for the int8 fidelity check (no labelled --val in compile)
+    assert quant["calibration"] == {"name": "street", "images": 11}
+    assert row["accuracy"]["metric"] == "top1" and row["images"] == 13  # the user's val folder, not the demo split

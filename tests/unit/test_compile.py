@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import compile_fixtures as F  # noqa: E402
-
-from edgecnn.artifacts import load_bundle  # noqa: E402
-from edgecnn.compile import COMPILERS, compile_model  # noqa: E402
-from edgecnn.compile.verify import elf_machine  # noqa: E402
-from edgecnn.errors import DataError, EdgecnnError, ModelError, TargetError, ToolError  # noqa: E402
+from edgecnn.artifacts import load_bundle
+from edgecnn.compile import COMPILERS, compile_model
+from edgecnn.compile.verify import elf_machine
+from edgecnn.errors import DataError, EdgecnnError, ModelError, TargetError, ToolError
+from fixtures import model_files as F
 
 
 @pytest.fixture(autouse=True)
@@ -65,7 +62,8 @@ def test_bundle_per_backend_and_target(files, tmp_path, target, backend, suffix)
     if backend == "tvm":
         assert elf_machine(b.file()) == m.arch == ver["elf"]["machine"]
         assert m.arch == ("aarch64" if target == "a72" else "x86_64") or target == "host"
-        assert m.runtime == {"device": "cpu", "entry": "main", "threads": 4 if target == "a72" else m.runtime["threads"]}
+        opts = m.backend_options
+        assert opts == {"device": "cpu", "entry": "main", "threads": 4 if target == "a72" else opts["threads"]}
         assert {"apache-tvm", "apache-tvm-ffi"} <= set(m.tools) and m.build["tvm_target"]["kind"] == "llvm"
         if target == "a72":
             assert m.tools["aarch64-linux-gnu-g++"] and m.build["tvm_target"]["mcpu"] == "cortex-a72"
@@ -73,9 +71,10 @@ def test_bundle_per_backend_and_target(files, tmp_path, target, backend, suffix)
             return
         assert m.build["tvm_target"]["mcpu"] and m.build["tvm_target"]["num-cores"] >= 1
     if backend == "tflite":
-        assert m.runtime["delegate"] == "xnnpack" and m.runtime["threads"] == (4 if target == "a72" else m.runtime["threads"])
+        opts = m.backend_options
+        assert opts["delegate"] == "xnnpack" and opts["threads"] == (4 if target == "a72" else opts["threads"])
     if backend == "onnx":
-        assert m.runtime["execution_provider"] == "CPUExecutionProvider"
+        assert m.backend_options["execution_provider"] == "CPUExecutionProvider"
     assert ver["status"] == "passed" and ver["mode"] == "host" and ver["images"] == 4
     assert ver["max_abs_diff"] < 1e-3 and ver["cosine"] > 0.9999 and ver["outputs"][0]["top1_agreement"] == 1.0
 
@@ -86,7 +85,7 @@ def test_detector_manifest_and_jetson_onnx_provider(files, tmp_path):
     assert m.task == "detection" and m.head["anchors"] == F.ANCHORS
     assert m.postprocess == {"kind": "yolo_region", "conf_threshold": 0.005, "iou_threshold": 0.45,
                              "max_detections": 100}
-    assert m.runtime["execution_provider"] == "TensorrtExecutionProvider"
+    assert m.backend_options["execution_provider"] == "TensorrtExecutionProvider"
     assert m.verification["status"] == "passed" and "note" in m.verification
 
 
@@ -150,7 +149,7 @@ def test_output_folder_that_is_not_a_bundle_is_refused(files, tmp_path):
 def test_library_errors(files, tmp_path):
     with pytest.raises(TargetError, match="unknown target"):
         _compile(files, "pi9", tmp_path / "x")
-    only_tflite = F.target_file(tmp_path, "a72", "tfonly", runtimes=["tflite"])
+    only_tflite = F.target_file(tmp_path, "a72", "tfonly", backends=["tflite"])
     with pytest.raises(TargetError, match="cannot run the tvm backend"):
         _compile(files, str(only_tflite), tmp_path / "x", backend="tvm")
     with pytest.raises(ModelError, match="--backend tflite.*--backend onnx"):
@@ -178,7 +177,7 @@ def _cli(capsys, *args) -> str:
 def test_cli_errors(files, tmp_path, capsys):
     model, out = str(files["model"]), str(tmp_path / "o")
     assert "unknown target 'pi9'" in _cli(capsys, model, "--target", "pi9", "-o", out)
-    tfonly = F.target_file(tmp_path, "a72", "tfonly", runtimes=["tflite"])
+    tfonly = F.target_file(tmp_path, "a72", "tfonly", backends=["tflite"])
     assert "cannot run the onnx backend" in _cli(capsys, model, "--target", str(tfonly), "--backend", "onnx", "-o", out)
     nocc = F.target_file(tmp_path, "a72", "nocc", cross_compiler="no-such-aarch64-g++")
     err = _cli(capsys, model, "--target", str(nocc), "--backend", "tvm", "-o", out)
@@ -219,7 +218,7 @@ def test_tuning_records_persist_and_resume(files, tmp_path):
 
 def test_zoo_model_hash_does_not_depend_on_what_the_process_built_before():
     # Keras names auto-named layers per process (conv2d, conv2d_1, ...): the key must not see that.
-    from edgecnn.compile.job import load_source
+    from edgecnn.source import load_source
 
     first = load_source("mobilenet_v2").sha256  # keras.applications: an auto-named input layer
     assert load_source("mobilenet_v2").sha256 == first

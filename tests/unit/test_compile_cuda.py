@@ -7,19 +7,16 @@ the runner's hand-over of the bundled cubin to TVM, and the errors.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import compile_fixtures as F  # noqa: E402
-
-from edgecnn.artifacts import load_bundle, text_sha256  # noqa: E402
-from edgecnn.compile import compile_model  # noqa: E402
-from edgecnn.compile.verify import check_elf, cubin_arch, elf_machine  # noqa: E402
-from edgecnn.errors import ModelError, ToolError  # noqa: E402
+from edgecnn.artifacts import load_bundle, text_sha256
+from edgecnn.compile import compile_model
+from edgecnn.compile.verify import check_elf, cubin_arch, elf_machine
+from edgecnn.errors import ModelError, ToolError
+from fixtures import model_files as F
 
 ROOT = Path(__file__).resolve().parents[2]
 GPU_PC = ROOT / "tools" / "gpu_check" / "x86-h100.toml"
@@ -45,8 +42,8 @@ def test_jetson_bundle_holds_aarch64_host_code_and_a_cubin_for_the_board(files, 
     m = b.manifest
     assert m.files == {"model": "model.so", "kernels": "kernels.cubin"}
     assert elf_machine(b.file("model")) == "aarch64" and cubin_arch(b.file("kernels")) == sm
-    k = m.runtime["cuda_kernels"]
-    assert m.runtime["device"] == "cuda" and k["arch"] == sm and len(k["source_sha256"]) == 64
+    k = m.backend_options["cuda_kernels"]
+    assert m.backend_options["device"] == "cuda" and k["arch"] == sm and len(k["source_sha256"]) == 64
     assert m.tools["cuda (nvrtc)"] or m.tools.get("cuda (nvcc)")
     assert m.verification["elf"]["gpu"] == {"kernels.cubin": sm}
     assert m.verification["status"] == "skipped" and "GPU" in m.verification["reason"]  # never claimed
@@ -75,7 +72,7 @@ def test_runner_hands_tvm_the_bundled_cubin_only_for_its_source(files, tmp_path)
     original = tvm_ffi.get_global_func(name, allow_missing=True)
     tvm_ffi.register_global_func(name, lambda *_: b"before", override=True)
     source = "// the CUDA source model.so holds"
-    with _serving_cuda_kernels(b, {**b.manifest.runtime["cuda_kernels"], "source_sha256": text_sha256(source)}):
+    with _serving_cuda_kernels(b, {**b.manifest.backend_options["cuda_kernels"], "source_sha256": text_sha256(source)}):
         served = tvm_ffi.get_global_func(name)
         assert bytes(served(source)) == b.file("kernels").read_bytes()
         with pytest.raises(Exception, match="was not built from"):

@@ -8,8 +8,8 @@ tools/train_demo.py recorded next to the weights.
 import pytest
 
 from edgecnn import zoo
-from edgecnn.bench import accuracy
 from edgecnn.data import demo
+from edgecnn.runner import metrics
 
 THRESHOLDS = {"mobilenet_v2": ("top1", 0.90), "yolo_lite": ("map50", 0.60),
               "mobilenet_v1": ("top1", 0.90),
@@ -25,7 +25,7 @@ def test_demo_model_accuracy(name):
     assert spec.demo_weights and zoo.demo_available(name), f"run python tools/train_demo.py --models {name}"
     meta = zoo.demo_metadata(name)
     model = zoo.load(name, weights="demo")
-    result = accuracy.evaluate(model.predict_on_batch, meta, demo.demo_dataset(spec.task, "val"))
+    result = metrics.evaluate(model.predict_on_batch, meta, demo.demo_dataset(spec.task, "val"))
     key, minimum = THRESHOLDS[name]
     assert result[key] >= minimum
     assert result[key] == pytest.approx(meta["metrics"]["val"][key], abs=0.005)

@@ -179,13 +179,14 @@ def test_sparsity_callback_holds_masks_during_training():
     assert magnitude.measured_sparsity(layers) == pytest.approx(0.5, abs=0.01)
 
 
-def test_cli_literals_match_enums():
-    from edgecnn import cli
+def test_cli_choices_match_enums():
+    from edgecnn.cli import cli
     from edgecnn.prune import Importance, Method, Scope
 
-    assert cli._PRUNE_METHODS == tuple(e.value for e in Method)
-    assert cli._PRUNE_IMPORTANCE == tuple(e.value for e in Importance)
-    assert cli._PRUNE_SCOPES == tuple(e.value for e in Scope)
+    params = {p.name: p for p in cli.commands["prune"].params}
+    assert list(params["method"].type.choices) == Method.values()
+    assert list(params["importance"].type.choices) == Importance.values()
+    assert list(params["scope"].type.choices) == Scope.values()
 
 
 # ---------------------------------------------------------------------------- CLI, in process
@@ -214,7 +215,7 @@ def write_model(tmp_path, model, name="mymodel"):
 
 
 def test_cli_prunes_a_model_file_and_quantize_accepts_it(tmp_path, capsys):
-    from edgecnn.quantize.source import resolve_model
+    from edgecnn.source import load_source
 
     path = write_model(tmp_path, tiny_net())
     code, out, err = run_cli(capsys, "prune", str(path), "--method", "channel", "--ratio", "0.4",
@@ -224,7 +225,7 @@ def test_cli_prunes_a_model_file_and_quantize_accepts_it(tmp_path, capsys):
     assert r["macs"]["after"] < r["macs"]["before"] and r["accuracy"] is None
     side = json.loads((tmp_path / "out" / "mymodel-pruned.json").read_text())
     assert side["pruning"] == {"method": "channel", "ratio": 0.4, "importance": "l1", "scope": "global"}
-    src = resolve_model(tmp_path / "out" / "mymodel-pruned.keras")
+    src = load_source(tmp_path / "out" / "mymodel-pruned.keras")
     assert src.name == "mymodel-pruned" and src.classes == ["c0", "c1", "c2"] and src.keras_model is not None
 
 
@@ -272,8 +273,8 @@ def test_every_zoo_model_prunes_exactly(name):
 @pytest.mark.slow
 def test_demo_mobilenet_v2_end_to_end(tmp_path):
     from edgecnn.prune import prune
-    from edgecnn.quantize.source import resolve_model
+    from edgecnn.source import load_source
 
     r = prune("mobilenet_v2", "channel", 0.4, finetune_epochs=0, output_dir=tmp_path, runs=50)
     assert r.macs["reduction"] >= 0.3 and r.accuracy["before"]["top1"] > 0.8 and r.latency["speedup"] > 1
-    assert resolve_model(r.output).task == "classification"
+    assert load_source(r.output).task == "classification"

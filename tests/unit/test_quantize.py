@@ -10,10 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import quantize_fixtures as F  # noqa: E402
-
-from edgecnn.errors import AccuracyError, DataError, EdgecnnError, ModelError  # noqa: E402
+from edgecnn.errors import AccuracyError, DataError, EdgecnnError, ModelError
+from fixtures import colors as F
 
 
 @pytest.fixture(autouse=True)
@@ -175,12 +173,13 @@ def test_cli_json(files, tmp_path):
 
 
 def test_cli_choices_match_enums_and_api_is_lazy():
-    from edgecnn import cli
+    from edgecnn.cli import cli
     from edgecnn.quantize.backends import BACKENDS, IOType, Method
 
-    assert set(cli._QUANT_BACKENDS) == set(BACKENDS)
-    assert set(cli._QUANT_METHODS) == {m.value for m in Method}
-    assert set(cli._QUANT_IO) == {t.value for t in IOType}
+    params = {p.name: p for p in cli.commands["quantize"].params}
+    assert set(params["backend"].type.choices) == set(BACKENDS)
+    assert list(params["method"].type.choices) == Method.values()
+    assert list(params["io"].type.choices) == IOType.values()
     code = ("import sys, edgecnn; f = edgecnn.quantize; import edgecnn.quantize.validate; "
             "print(callable(f), callable(edgecnn.quantize), 'tensorflow' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -209,10 +208,10 @@ def test_percentile_ranges_narrow_activations_and_leave_weights(files):
 
     from edgecnn.quantize import tflite
     from edgecnn.quantize.calibration import build_calibration
-    from edgecnn.quantize.source import resolve_model
+    from edgecnn.source import load_source
     from edgecnn.data.calibration import load_calibration_set
 
-    src = resolve_model(files["model"])
+    src = load_source(files["model"])
     data = build_calibration(load_calibration_set(files["calib"]), src.preprocessing)
     recorded = tflite.calibrate(src.keras_model, data)
     clipped = tflite.clip_ranges(recorded, data, 99.0)

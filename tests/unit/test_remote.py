@@ -16,13 +16,11 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import bundle_fixtures as BF  # noqa: E402
-import quantize_fixtures as QF  # noqa: E402
-from sshd_fixture import _free_port, _ssh_config, sshd  # noqa: E402,F401  (sshd is a fixture)
-
-from edgecnn.bench.remote import parse_device, run_remote, ssh_command  # noqa: E402
-from edgecnn.errors import DataError, ToolError  # noqa: E402
+from edgecnn.bench.remote import parse_device, run_remote, ssh_command
+from edgecnn.errors import DataError, ToolError
+from fixtures import bundles as BF
+from fixtures import colors as QF
+from fixtures.sshd import free_port, ssh_config
 
 # A sitecustomize that makes ai_edge_litert unimportable: a board where the runtime was never installed.
 NO_LITERT = """
@@ -36,11 +34,6 @@ class _NotInstalled:
 
 sys.meta_path.insert(0, _NotInstalled())
 """
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return BF.build_bundles(tmp_path_factory.mktemp("bundles"))
 
 
 def test_device_strings():
@@ -88,14 +81,14 @@ def _wrapper(path: Path, env: str, python: str) -> Path:
 
 
 def test_unreachable_board_is_one_line(sshd, bundles):
-    closed = _free_port()
+    closed = free_port()
     with pytest.raises(ToolError, match=rf"^cannot reach {sshd.user}@127.0.0.1:{closed}: .*Connection refused"):
         run_remote(bundles["tflite-fp32"], f"{sshd.user}@127.0.0.1:{closed}", runs=1, warmup=0,
                    ssh_options=sshd.options, python=sys.executable, timeout=30)
 
 
 def test_wrong_key_is_an_authentication_error(sshd, bundles):
-    config = _ssh_config(sshd.dir / "ssh_config_other", sshd.dir / "other_key", sshd.dir / "known_hosts")
+    config = ssh_config(sshd.dir / "ssh_config_other", sshd.dir / "other_key", sshd.dir / "known_hosts")
     with pytest.raises(ToolError, match=r"^cannot reach .*: .*Permission denied \(publickey\)"):
         run_remote(bundles["tflite-fp32"], sshd.device, runs=1, warmup=0, ssh_options=("-F", str(config)),
                    python=sys.executable, timeout=30)

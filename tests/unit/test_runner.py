@@ -15,16 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import bundle_fixtures as BF  # noqa: E402
-import quantize_fixtures as QF  # noqa: E402
-
-from edgecnn.artifacts import Backend, TensorSpec, load_bundle  # noqa: E402
-from edgecnn.errors import DataError, ModelError  # noqa: E402
-from edgecnn.runner import sessions  # noqa: E402
-from edgecnn.runner.run import run_bundle  # noqa: E402
-from edgecnn.runner.sessions import SESSIONS, MissingRuntime, open_session, predict  # noqa: E402
-from edgecnn.runner.stats import fps, latency_stats  # noqa: E402
+from edgecnn.artifacts import Backend, TensorSpec, load_bundle
+from edgecnn.errors import DataError, ModelError
+from edgecnn.runner import sessions
+from edgecnn.runner.run import run_bundle
+from edgecnn.runner.sessions import SESSIONS, MissingRuntime, open_session, predict
+from edgecnn.runner.stats import fps, latency_stats
+from edgecnn.targets import host_arch
+from fixtures import bundles as BF
+from fixtures import colors as QF
 
 ROOT = Path(__file__).resolve().parents[2]
 # Imports the runner must never need on a board: a sitecustomize that makes them fail.
@@ -38,11 +37,6 @@ class _Blocked:
         return None
 sys.meta_path.insert(0, _Blocked())
 """
-
-
-@pytest.fixture(scope="module")
-def bundles(tmp_path_factory):
-    return BF.build_bundles(tmp_path_factory.mktemp("bundles"))
 
 
 @pytest.fixture(scope="module")
@@ -259,12 +253,12 @@ def test_tvm_session_on_the_host(tmp_path):
     inputs = [TensorSpec("x", [1, 32, 32, 3], "float32")]
     outputs = [TensorSpec("y", [1, 3], "float32", "")]
     b = BF.write_bundle(tmp_path / "tvm", "model.so", lib.read_bytes(), "tvm", "fp32", inputs, outputs,
-                        runtime={"device": "cpu", "entry": "main", "threads": 1}, arch=sessions.machine_arch())
+                        backend_options={"device": "cpu", "entry": "main", "threads": 1}, arch=host_arch())
     x = images(1)
     assert np.allclose(open_session(load_bundle(b))(x)[0], np.maximum(x.mean(axis=(1, 2)), 0), atol=1e-6)
     assert run_bundle(b, runs=2, warmup=0)["backend"] == "tvm"
     arm = BF.write_bundle(tmp_path / "tvm-arm", "model.so", b"\x7fELF", "tvm", "fp32", inputs, outputs,
-                          arch="aarch64" if sessions.machine_arch() != "aarch64" else "x86_64")
+                          arch="aarch64" if host_arch() != "aarch64" else "x86_64")
     with pytest.raises(ModelError, match="code and this machine is .*: run it on the board, or emulated"):
         open_session(load_bundle(arm))
 

@@ -1,9 +1,12 @@
 """Targets: every built-in file loads; the schema rejects bad files with the file and key named."""
 
+import dataclasses
+
 import pytest
 
 from edgecnn.errors import TargetError
-from edgecnn.targets import Runtime, builtin_targets_dir, get_target, list_targets, load_target_file
+from edgecnn.kinds import Backend
+from edgecnn.targets import builtin_targets_dir, get_target, host_arch, host_target, list_targets, load_target_file
 
 A72 = (builtin_targets_dir() / "a72.toml").read_text()
 
@@ -12,7 +15,7 @@ def test_builtin_targets_load_and_cover_the_boards():
     names = {t.name for t in list_targets()}
     assert {"a53", "a72", "a76", "jetson-nano", "jetson-orin", "host"} <= names
     for t in list_targets():
-        assert t.runtimes and all(r in {x.value for x in Runtime} for r in t.runtimes)
+        assert t.backends and all(b in Backend.values() for b in t.backends)
         assert t.tvm["kind"] in {"llvm", "cuda"}
         if t.arch == "aarch64":
             assert t.qemu_cpu and t.cpu_part.startswith("0xd") and t.cross_compiler
@@ -67,7 +70,17 @@ def test_user_file_by_path(tmp_path):
     (lambda s: s.replace("cores = 4\n", 'cores = "four"\n', 1), "key 'cores' must be an integer"),
     (lambda s: s.replace("cores = 4\n", "cores = true\n", 1), "key 'cores' must be an integer"),
     (lambda s: s.replace('cpu = "cortex-a72"\n', "", 1), "missing required key 'cpu'"),
-    (lambda s: s.replace('runtimes = ["tflite", "onnx", "tvm"]', 'runtimes = ["tflite", "coreml"]'), "unknown runtime 'coreml'"),
+    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm"]', 'backends = ["tflite", "coreml"]'), "unknown backend 'coreml'"),
+    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm"]', 'runtimes = ["coreml"]'), "unknown backend 'coreml' in 'runtimes'"),
+    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm"]', "backends = []"), "'backends' must name at least one"),
+    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm"]\n', ""), "missing required key 'backends'"),
+    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm"]', 'backends = ["tflite"]\nruntimes = ["tflite"]'),
+     "give 'backends' only"),
+    (lambda s: s.replace('mcpu = "cortex-a72"', "mcpu = 72"), r"\[tvm\]: key 'mcpu' must be a string"),
+    (lambda s: s.replace('mattr = ["+neon"]', 'mattr = "+neon"'), r"\[tvm\]: key 'mattr' must be a list of strings"),
+    (lambda s: s.replace("num-cores = 4", 'num-cores = "4"'), r"\[tvm\]: key 'num-cores' must be an integer"),
+    (lambda s: s.replace("num-cores = 4", "num-cores = 0"), r"\[tvm\]: 'num-cores' must be at least 1"),
+    (lambda s: s.replace('mtriple = "aarch64-linux-gnu"', "mtriple = true"), r"\[tvm\]: key 'mtriple' must be a string"),
     (lambda s: s.replace('arch = "aarch64"', 'arch = "riscv"'), "key 'arch' must be one of"),
     (lambda s: s.replace('features = ["neon", "crc"]', "features = [1, 2]"), "key 'features' must be a list of strings"),
     (lambda s: s.replace('kind = "llvm"\n', ""), "table 'tvm' needs a 'kind'"),
@@ -95,3 +108,35 @@ def test_duplicate_alias_across_files_is_an_error(tmp_path):
 def test_missing_file():
     with pytest.raises(TargetError, match="target file not found"):
         get_target("/nonexistent/board.toml")
+
+
+def test_backends_key_and_its_old_name_load_alike(tmp_path):
+    new = tmp_path / "new.toml"
+    new.write_text(A72.replace('name = "a72"', 'name = "new"').replace('backends = ["tflite", "onnx", "tvm"]',
+                                                                     'backends = ["onnx", "tflite"]'))
+    old = tmp_path / "old.toml"
+    old.write_text(new.read_text().replace("backends = [", "runtimes = [").replace('name = "new"', 'name = "old"'))
+    assert load_target_file(new).backends == load_target_file(old).backends == [Backend.ONNX, Backend.TFLITE]
+    assert "runtimes" not in load_target_file(old).to_dict()
+
+
+def test_tvm_host_table_is_checked_at_load(tmp_path):
+    nano = (builtin_targets_dir() / "jetson-nano.toml").read_text()
+    f = tmp_path / "nano.toml"
+    f.write_text(nano.replace('name = "jetson-nano"', 'name = "n"').replace("num-cores = 4", "num-cores = [4]"))
+    with pytest.raises(TargetError, match=r"\[tvm.host\]: key 'num-cores' must be an integer") as e:
+        load_target_file(f)
+    assert str(f) in str(e.value)
+    f.write_text(nano.replace('kind = "llvm"\n', ""))
+    with pytest.raises(TargetError, match="table 'tvm.host' needs a 'kind'"):
+        load_target_file(f)
+
+
+def test_native_and_emulated_are_decided_by_the_target():
+    host, a72 = get_target("host"), get_target("a72")
+    assert host.arch == host_arch() and host.runs_natively and not host.can_emulate
+    assert a72.can_emulate and a72.require_emulation() is a72 and a72.runs_natively == (host_arch() == "aarch64")
+    with pytest.raises(TargetError, match="host cannot be emulated"):
+        host.require_emulation()
+    assert "cpu_part" in dataclasses.replace(a72, cpu_part="").emulation_problem()
+    assert host_target() is host_target() and host_target().name == "host"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from edgecnn.bench.accuracy import coco_map, topk_accuracy
+from edgecnn.runner.metrics import coco_map, topk_accuracy
 from edgecnn.data.dataset import DetectionDataset, DetectionSample
 from edgecnn.runner.postprocess import Detections, decode_yolo, nms, postprocess_yolo
 from edgecnn.train.fit import _augment

@@ -1,19 +1,27 @@
-"""Accuracy metrics: top-k for classifiers, COCO mAP for detectors.
+"""Scoring, below every stage: accuracy (top-k, COCO mAP), its drop, and output agreement.
 
-mAP comes from faster-coco-eval (a maintained, C++-backed COCOeval); edgecnn
-only converts its detections into COCO results.
+quantize, prune, compile verification, the runner and bench all score models;
+this module is the one place that says how, so a figure means the same thing
+in every report. It lives in the runner because the board scores too: numpy
+and the data set types only, nothing that drives a stage.
+
+mAP comes from faster-coco-eval (a maintained, C++-backed COCOeval), imported
+only when mAP is computed: the board may not have it, and then sends COCO
+results (coco_results) for the PC to score.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 
 from edgecnn.data.dataset import ClassificationDataset, DetectionDataset
-from edgecnn.runner.postprocess import Detections
+from edgecnn.kinds import Task
+from edgecnn.runner.postprocess import Detections, decoder
 
 
 def topk_accuracy(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
@@ -94,16 +102,75 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], metadata: dict,
     """Accuracy of any runnable model on a data set, given its data contract.
 
     `metadata` carries what deployment carries too: "preprocessing" (a
-    Preprocessing dict), "classes", and for detectors "head" (anchors, grid).
+    Preprocessing dict), "classes", and for detectors "head" (anchors, grid);
+    see edgecnn.runner.postprocess.decoder.
     """
-    from edgecnn.data.preprocess import Preprocessing
+    from edgecnn.data.preprocess import Preprocessing  # opencv: only once images are read
 
     prep = Preprocessing.from_dict(metadata["preprocessing"])
     if isinstance(dataset, ClassificationDataset):
         return evaluate_classifier(predict, dataset, prep, batch_size)
-    from edgecnn.runner.postprocess import postprocess_yolo
+    return evaluate_detector(predict, dataset, prep, decoder(metadata), batch_size)
 
-    anchors, num_classes = metadata["head"]["anchors"], len(metadata["classes"])
-    size = tuple(metadata["preprocessing"]["size"])
-    return evaluate_detector(predict, dataset, prep, lambda raw: postprocess_yolo(raw, anchors, num_classes, size),
-                             batch_size)
+
+def primary_metric(task: str) -> str:
+    """The accuracy figure that gates and ranks models of a task: top-1, or COCO mAP@0.5:0.95."""
+    return "top1" if task == Task.CLASSIFICATION else "map50_95"
+
+
+def accuracy_drop(before: dict | None, after: dict | None) -> float | None:
+    """Loss of the primary metric in percentage points (positive = `after` is worse); None unless both
+    were measured. The metric is the one the accuracy dicts name ("metric"), so the task need not be given."""
+    if not before or not after:
+        return None
+    key = before["metric"]
+    return round((before[key] - after[key]) * 100, 3)
+
+
+def describe_accuracy(task: str, acc: dict | None) -> str:
+    """'top-1 93.20%' or 'mAP@0.5:0.95 41.0, mAP@0.5 66.1' (points) for messages and tables."""
+    if acc is None:
+        return "not measured"
+    if task == Task.CLASSIFICATION:
+        return f"top-1 {acc['top1'] * 100:.2f}%"
+    return f"mAP@0.5:0.95 {acc['map50_95'] * 100:.2f}, mAP@0.5 {acc['map50'] * 100:.2f}"
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """How closely one output of a model follows the same output of its reference, over a set of images."""
+
+    max_abs_diff: float  # largest |reference - output| over every element
+    scale: float  # max(1, max |reference|): what relative limits are multiplied by
+    cosine: float  # per-image cosine similarity, averaged over images
+    snr_db: float  # reference power over error power, all images together; inf when identical
+
+    @property
+    def relative_diff(self) -> float:
+        """max_abs_diff relative to the reference's magnitude (at least 1, so near-zero outputs are not blown up)."""
+        return self.max_abs_diff / self.scale
+
+
+def _per_image(a) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    return a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
+
+
+def output_agreement(reference, output) -> Agreement:
+    """Agreement figures of one output; the first axis of both arrays is the image.
+
+    Pass/fail limits are the caller's: compile verification, bench's emulated check
+    and quantize's fidelity report each judge these numbers by their own rule.
+    """
+    ref, out = _per_image(reference), _per_image(output)
+    if ref.shape != out.shape:
+        raise ValueError(f"output shape {out.shape[1:]} differs from the reference's {ref.shape[1:]}")
+    noise = float(np.sum((ref - out) ** 2))
+    signal = float(np.sum(ref ** 2))
+    snr = float("inf") if noise == 0 else float(10 * np.log10(max(signal, 1e-30) / noise))
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(out, axis=1)
+    dots = np.sum(ref * out, axis=1)
+    # Two all-zero vectors agree perfectly; an all-zero vector against a non-zero one does not.
+    cos = np.where(norms > 0, dots / np.maximum(norms, 1e-30), np.where(np.any(ref != out, axis=1), 0.0, 1.0))
+    return Agreement(max_abs_diff=float(np.max(np.abs(ref - out))), scale=max(1.0, float(np.max(np.abs(ref)))),
+                     cosine=float(np.mean(cos)), snr_db=snr)
