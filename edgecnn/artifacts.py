@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,13 @@ class TensorSpec:
     zero_point: int | None = None
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "TensorSpec":
-        return cls(**_known(cls, d, "tensor"))
+    def from_dict(cls, d: dict[str, Any], where: str = "tensor") -> "TensorSpec":
+        """A tensor entry of manifest.json; ModelError naming the entry (`where`, e.g. inputs[0]) and field."""
+        d = _known(cls, d, where)
+        _check_fields(d, _TENSOR_TYPES, where)
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in d["shape"]):
+            raise ModelError(f"manifest: {where}.shape must be a list of integers, got {_shown(d['shape'])}")
+        return cls(**d)
 
 
 @dataclass(frozen=True)
@@ -87,19 +92,24 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Manifest":
+        """manifest.json as read; ModelError naming the field for anything missing or of the wrong type."""
         d = _known(cls, _renamed(d), "manifest")
         version = d.get("format_version", FORMAT_VERSION)
         if version != FORMAT_VERSION:
-            raise ModelError(f"bundle format {version} is not supported (this edgecnn reads {FORMAT_VERSION})")
+            raise ModelError(f"bundle format {version!r} is not supported (this edgecnn reads {FORMAT_VERSION})")
+        _check_fields(d, _MANIFEST_TYPES, "manifest")
         for key, kind in (("backend", Backend), ("precision", Precision)):
             if d.get(key) not in kind.values():
                 raise ModelError(f"manifest: {key} must be one of {', '.join(kind.values())}, got {d.get(key)!r}")
-        try:
-            d["inputs"] = [TensorSpec.from_dict(t) for t in d["inputs"]]
-            d["outputs"] = [TensorSpec.from_dict(t) for t in d["outputs"]]
-            return cls(**d)
-        except (KeyError, TypeError) as e:
-            raise ModelError(f"manifest: missing or malformed field ({e})") from None
+        for key in ("files", "tools"):
+            bad = next((k for k, v in d.get(key, {}).items() if not isinstance(v, str)), None)
+            if bad is not None:
+                raise ModelError(f"manifest: {key}.{bad} must be a string, got {_shown(d[key][bad])}")
+        if d.get("classes") is not None and not all(isinstance(c, str) for c in d["classes"]):
+            raise ModelError(f"manifest: classes must be a list of strings, got {_shown(d['classes'])}")
+        d["inputs"] = [TensorSpec.from_dict(t, f"inputs[{i}]") for i, t in enumerate(d["inputs"])]
+        d["outputs"] = [TensorSpec.from_dict(t, f"outputs[{i}]") for i, t in enumerate(d["outputs"])]
+        return cls(**d)
 
 
 def _renamed(d: Any) -> Any:
@@ -113,14 +123,58 @@ def _renamed(d: Any) -> Any:
     return d
 
 
-def _known(cls, d: Any, what: str) -> dict[str, Any]:
+def _known(cls, d: Any, where: str) -> dict[str, Any]:
     if not isinstance(d, dict):
-        raise ModelError(f"manifest: {what} must be an object")
+        shown = "the manifest" if where == "manifest" else where
+        raise ModelError(f"manifest: {shown} must be an object, got {_shown(d)}")
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
-        raise ModelError(f"manifest: unknown {what} field(s) {', '.join(unknown)}")
+        raise ModelError(f"manifest: unknown {where} field(s) {', '.join(unknown)}")
     return dict(d)
+
+
+# Field -> the JSON types it may have (None: may be null); a field of the dataclass without a default is required.
+_NULL = type(None)
+_TENSOR_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "shape": (list,), "dtype": (str,), "layout": (str,), "scale": (int, float, _NULL),
+    "zero_point": (int, _NULL),
+}
+_MANIFEST_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str,), "target": (str,), "arch": (str,), "backend": (str,), "precision": (str,), "files": (dict,),
+    "inputs": (list,), "outputs": (list,), "task": (str,), "preprocessing": (dict,), "classes": (list, _NULL),
+    "head": (dict, _NULL), "postprocess": (dict, _NULL), "backend_options": (dict,), "source": (dict,),
+    "pruning": (dict, _NULL), "macs": (int, _NULL), "params": (int, _NULL), "tools": (dict,),
+    "verification": (dict,), "build": (dict,), "cache_key": (str,), "format_version": (int,),
+}
+_JSON_WORDS = {str: "a string", list: "a list", dict: "an object", int: "an integer", float: "a number",
+               _NULL: "null"}
+
+
+def _shown(value: Any) -> str:
+    """A parsed JSON value as its writer sees it: 'string "image"', 'list [1, 2]', 'null', 'true'."""
+    text = json.dumps(value, default=str)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    for typ, word in ((bool, ""), (str, "string "), ((int, float), "number "), (list, "list "), (dict, "object ")):
+        if isinstance(value, typ):
+            return word + text
+    return text
+
+
+def _check_fields(d: dict[str, Any], types: dict[str, tuple[type, ...]], where: str) -> None:
+    """Every required field present and every field of its JSON type; ModelError naming `where`.field."""
+    cls = TensorSpec if types is _TENSOR_TYPES else Manifest
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    prefix = "" if where == "manifest" else f"{where}."
+    for key, allowed in types.items():
+        if key not in d:
+            if key in required:
+                raise ModelError(f"manifest: missing field {prefix}{key}")
+            continue
+        value = d[key]
+        if not isinstance(value, allowed) or isinstance(value, bool):
+            words = " or ".join(dict.fromkeys(_JSON_WORDS[t] for t in allowed))
+            raise ModelError(f"manifest: {prefix}{key} must be {words}, got {_shown(value)}")
 
 
 @dataclass(frozen=True)

@@ -9,16 +9,19 @@ an EdgecnnError; `main` turns it (and click's usage errors) into one
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
 
 from edgecnn import __version__, render
-from edgecnn.errors import EdgecnnError
+from edgecnn.errors import EdgecnnError, EdgecnnWarning
+from edgecnn.paths import Terminated, check_output, process_scope
 from edgecnn.kinds import (Backend, IOType, Kind, OutputFormat, Precision, PruneImportance, PruneMethod, PruneScope,
                            QuantBackend, QuantMethod, ReportFormat)
 
@@ -64,6 +67,35 @@ def calib_option(help: str, required: bool = False) -> Callable:
     return click.option("--calib", required=required, default=None, help=help)
 
 
+def contract_options(f: Callable) -> Callable:
+    """The data-contract options of a model file (edgecnn.contract), passed on as one `contract` dict."""
+    import functools
+
+    from edgecnn.kinds import Task
+
+    names = ("input_size", "layout", "mean", "std", "scale", "offset", "bgr", "resize", "classes", "task")
+
+    @functools.wraps(f)
+    def command(*args, **kwargs):
+        return f(*args, contract={name: kwargs.pop(name) for name in names}, **kwargs)
+
+    return options(
+        click.option("--input-size", default=None, help="Model files: input HxW (e.g. 224x224), for free H/W."),
+        click.option("--layout", type=click.Choice(["NHWC", "NCHW"], case_sensitive=False), default=None,
+                     help="Model files: the ONNX input's layout, where its shape is ambiguous."),
+        click.option("--mean", default=None, help="Model files: per-channel mean in 0..1 units, e.g. 0.485,0.456,0.406."),
+        click.option("--std", default=None, help="Model files: per-channel std in 0..1 units, e.g. 0.229,0.224,0.225."),
+        click.option("--scale", default=None, help="Model files: x = pixel * scale + offset (one or three numbers)."),
+        click.option("--offset", default=None, help="Model files: see --scale."),
+        click.option("--bgr", is_flag=True, default=None, help="Model files: the model takes BGR channel order."),
+        click.option("--resize", type=click.Choice(["stretch", "letterbox"]), default=None,
+                     help="Model files: how images are fitted to the input."),
+        click.option("--classes", type=click.Path(dir_okay=False), default=None,
+                     help="Model files: class names, one per line (or a JSON list)."),
+        click.option("--task", type=choice(Task), default=None, help="Model files: what the outputs mean."),
+    )(command)
+
+
 def data_option(name: str, help: str) -> Callable:
     """A labelled data set option (--data, --val): a path, the demo split when left out."""
     return click.option(name, type=click.Path(), default=None, help=help)
@@ -76,26 +108,64 @@ def progress_log(fmt: str | None = None) -> Callable[[str], None]:
     return lambda msg: click.echo(f"  {msg}", err=True)
 
 
-def _console():
-    from rich.console import Console
+_console = render.console
 
-    return Console()
+
+# The notes already printed as they were made (see notes_on_stderr), so emit() does not repeat them.
+_shown_notes: set[str] = set()
 
 
 def emit(fmt: str, data: Any, table: Callable[..., Any], *args: Any, notes: Iterable[str] = ()) -> None:
-    """Print `data` as JSON, or each note as a `Warning:` line on stderr and then `table(*args)`."""
+    """Print `data` as JSON, or each note not yet shown as a `Warning:` line on stderr and then `table(*args)`."""
     if fmt == OutputFormat.JSON:
         click.echo(json.dumps(data, indent=2, default=str))
         return
     for note in notes:
-        click.echo(f"Warning: {note}", err=True)
+        if note not in _shown_notes:
+            click.echo(f"Warning: {note}", err=True)
     _console().print(table(*args))
+
+
+def _verbose() -> bool:
+    """--verbose was given to the running command, or EDGECNN_DEBUG is set."""
+    ctx = click.get_current_context(silent=True)
+    return bool(os.environ.get("EDGECNN_DEBUG") or (ctx is not None and ctx.find_root().params.get("verbose")))
+
+
+@contextlib.contextmanager
+def notes_on_stderr():
+    """Print the library's notes (EdgecnnWarning) as `Warning: ...` on stderr the moment they are made.
+
+    A note such as "calibrating on 2 images" matters most when the run then fails, so it cannot
+    wait for the result. The frameworks' own UserWarnings (TensorFlow's converter chatter) are
+    shown only with --verbose or EDGECNN_DEBUG.
+    """
+    _shown_notes.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", EdgecnnWarning)  # every note, not once per call site
+        previous = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, EdgecnnWarning):
+                _shown_notes.add(str(message))
+                click.echo(f"Warning: {message}", err=True)
+            elif not issubclass(category, UserWarning) or _verbose():
+                previous(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="edgecnn")
-def cli() -> None:
+@click.option("--verbose", is_flag=True,
+              help="Also show the frameworks' own log lines (TensorFlow, absl, LiteRT, converters).")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
     """Edge deployment for CNNs: prune, quantize, compile and benchmark for ARM boards and Jetson."""
+    from edgecnn.logfilter import native_logs
+
+    ctx.with_resource(native_logs(show=verbose))  # for the whole command, before any heavy import
 
 
 # ---------------------------------------------------------------------------- targets
@@ -159,28 +229,31 @@ def zoo_show(model: str, fmt: str) -> None:
 @click.argument("model")
 @click.option("--method", type=choice(PruneMethod), required=True,
               help="channel: remove whole channels (faster everywhere); magnitude: zero single weights (smaller).")
-@click.option("--ratio", type=float, required=True,
+@click.option("--ratio", type=click.FloatRange(0, 1, min_open=True, max_open=True), required=True,
               help="channel: share of prunable channels removed; magnitude: target sparsity (0 < R < 1).")
 @click.option("--importance", type=choice(PruneImportance), default=PruneImportance.L1.value, show_default=True,
               help="Channel ranking: filter L1/L2 norm or batch-norm |gamma|.")
 @click.option("--scope", type=choice(PruneScope), default=PruneScope.GLOBAL.value, show_default=True,
               help="One ranking over all layers, or the same ratio per layer.")
-@click.option("--finetune-epochs", type=int, default=3, show_default=True, help="Fine-tuning epochs (0: none).")
+@click.option("--finetune-epochs", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Fine-tuning epochs (0: none).")
 @data_option("--data", "Labelled training data (class folders, COCO JSON, VOC, YOLO txt) [default: demo train split].")
 @data_option("--val", "Labelled held-out data for accuracy [default: demo val split].")
 @weights_option()
-@click.option("--max-drop", type=float, default=None, help="Allowed accuracy drop in points; past it: error.")
+@contract_options
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
+              help="Allowed accuracy drop in points; past it: error.")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="LiteRT threads for the before/after latency.")
 @stage_output("Folder for <model>-pruned.keras and <model>-pruned.json.")
 def prune_cmd(model, method, ratio, importance, scope, finetune_epochs, data, val, weights, max_drop, threads,
-              output_dir, fmt) -> None:
+              output_dir, fmt, contract) -> None:
     """Prune MODEL (zoo name or .keras/.h5 file with its .json sidecar), fine-tune, and measure it."""
     from edgecnn.prune import prune
 
     r = prune(model, method, ratio, importance=importance, scope=scope, finetune_epochs=finetune_epochs,
               data=data, val=val, weights=weights, output_dir=output_dir, max_drop=max_drop, threads=threads,
-              log=progress_log(fmt))
+              contract=contract, log=progress_log(fmt))
     emit(fmt, r.to_dict(), render.prune_table, r, notes=r.warnings)
     if fmt != OutputFormat.JSON:
         click.echo(f"written: {r.output}, {r.report}")
@@ -199,26 +272,23 @@ def prune_cmd(model, method, ratio, importance, scope, finetune_epochs, data, va
               help="Activation range calibration (tflite: minmax or percentile 99.99; onnx: all three).")
 @click.option("--io", type=choice(IOType), default=None,
               help="Model input/output type [default: int8 for tflite, float for onnx].")
-@click.option("--max-drop", type=float, default=None,
+@click.option("--max-drop", type=click.FloatRange(min=0), default=None,
               help="Allowed accuracy drop in points (top-1, or mAP@0.5:0.95); past it: error, exit 1.")
 @click.option("--fallback", is_flag=True,
               help="Past --max-drop: try percentile ranges, then keep the most sensitive layers in float.")
 @weights_option()
 @data_option("--val", "Labelled held-out data (class folders, COCO JSON, VOC, YOLO txt) [default: demo val split].")
+@contract_options
 @click.option("--val-limit", type=click.IntRange(min=1), default=None, help="Validate on the first N images only.")
 @stage_output("Folder for <model>-int8.*, <model>-fp32.* and <model>-int8.json.")
 def quantize_cmd(model, calib, backend, per_channel, method, io, max_drop, fallback, weights, val, val_limit,
-                 output_dir, fmt) -> None:
+                 output_dir, fmt, contract) -> None:
     """Quantize MODEL (zoo name or .keras/.h5/.onnx file) to int8 and validate it against fp32."""
-    import warnings
-
     from edgecnn.quantize import quantize
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the result's notes are printed once, below
-        result = quantize(model, calib, output_dir, backend=backend, per_channel=per_channel, method=method, io=io,
-                          max_drop=max_drop, fallback=fallback, weights=weights, val=val, val_limit=val_limit,
-                          log=progress_log(fmt))
+    result = quantize(model, calib, output_dir, backend=backend, per_channel=per_channel, method=method, io=io,
+                      max_drop=max_drop, fallback=fallback, weights=weights, val=val, val_limit=val_limit,
+                      contract=contract, log=progress_log(fmt))
     emit(fmt, result.to_dict(), render.quantize_table, result, notes=result.warnings)
 
 
@@ -230,21 +300,25 @@ def quantize_cmd(model, calib, backend, per_channel, method, io, max_drop, fallb
 @target_option()
 @click.option("--backend", type=choice(Backend), default=None,
               help="Runtime to compile for [default: the target's first runtime].")
-@click.option("--precision", type=choice(Precision), default=Precision.FP32.value, show_default=True,
-              help="fp16: tflite float16 weights; int8: tflite/onnx through edgecnn quantize, or an int8 file.")
+@click.option("--precision", type=choice(Precision), default=None,
+              help="fp16: tflite float16 weights; int8: tflite/onnx through edgecnn quantize, or an int8 file "
+                   "[default: a model file's own precision, fp32 for Keras and zoo models].")
 @click.option("--tune", is_flag=True, help="TVM: tune with MetaSchedule (host only; records kept and reused).")
 @click.option("--trials", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Total MetaSchedule trials for the tuning database of this model and target.")
 @calib_option("Calibration set for int8 (name under calibration/ or folder) [default: demo-<task> for demo models].")
 @weights_option()
 @click.option("--no-verify", is_flag=True, help="Skip comparing the bundle's outputs with the source model.")
+@contract_options
 @stage_output("The bundle folder to write (model file(s) + manifest.json).")
-def compile_cmd(model, target, backend, precision, tune, trials, calib, weights, no_verify, output_dir, fmt) -> None:
+def compile_cmd(model, target, backend, precision, tune, trials, calib, weights, no_verify, output_dir, fmt,
+                contract) -> None:
     """Compile MODEL (zoo name, .keras/.h5, .onnx or .tflite) for a target into a verified bundle."""
     from edgecnn.compile import compile_model
 
     result = compile_model(model, target, backend=backend, precision=precision, output_dir=output_dir, tune=tune,
-                           trials=trials, calib=calib, weights=weights, verify=not no_verify, log=progress_log(fmt))
+                           trials=trials, calib=calib, weights=weights, verify=not no_verify, contract=contract,
+                           log=progress_log(fmt))
     emit(fmt, result.to_dict(), render.compile_table, result)
 
 
@@ -268,11 +342,14 @@ def comma_list(kind: type[Kind] | None = None) -> Callable:
 
 
 def _percent(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    """Callback: '10%' or '10' -> 10.0."""
+    """Callback: '10%' or '10' -> 10.0 (0 or more: a negative allowance would fail every run)."""
     try:
-        return float(str(value).strip().rstrip("%"))
+        percent = float(str(value).strip().rstrip("%"))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a percentage like 10%", param_hint=param.opts[0]) from None
+    if not percent >= 0:
+        raise click.BadParameter(f"{value!r} must be 0% or more", param_hint=param.opts[0])
+    return percent
 
 
 _ssh_options = options(
@@ -285,8 +362,9 @@ _ssh_options = options(
 _regression_options = options(
     click.option("--baseline", type=click.Path(), default=None,
                  help="Bench JSON to compare with; exit 1 on regression."),
-    click.option("--max-map-drop", type=float, default=0.5, show_default=True, help="Points of mAP allowed to drop."),
-    click.option("--max-top1-drop", type=float, default=0.5, show_default=True,
+    click.option("--max-map-drop", type=click.FloatRange(min=0), default=0.5, show_default=True,
+                 help="Points of mAP allowed to drop."),
+    click.option("--max-top1-drop", type=click.FloatRange(min=0), default=0.5, show_default=True,
                  help="Points of top-1 allowed to drop."),
     click.option("--max-latency-increase", default="10%", show_default=True, callback=_percent,
                  help="Allowed p50 latency increase."),
@@ -301,19 +379,20 @@ _regression_options = options(
               help="Zoo model or model file; repeat for several [default: the demo models].")
 @click.option("--backend", callback=comma_list(Backend), default=None,
               help=f"Comma-separated: {','.join(Backend.values())} [default: the target's preferred].")
-@click.option("--precision", callback=comma_list(Precision),
-              default=f"{Precision.FP32.value},{Precision.INT8.value}", show_default=True,
-              help=f"Comma-separated: {','.join(Precision.values())}.")
+@click.option("--precision", callback=comma_list(Precision), default=None,
+              help=f"Comma-separated: {','.join(Precision.values())} [default: fp32,int8 for zoo models, a model "
+                   "file's own precision for files].")
 @click.option("--prune", callback=comma_list(), default=None,
               help="Comma-separated pruning variants, e.g. none,channel:0.3.")
 @weights_option("Zoo models: demo, random or a weights file.")
 @data_option("--data", "Labelled data set (COCO JSON, VOC, YOLO txt, class folders) [default: the demo val split, "
              "for the demo models only].")
+@contract_options
 @calib_option("Calibration set for int8 (name under calibration/ or folder) [default: demo-<task>, for the demo "
               "models only].")
 @_ssh_options
 @click.option("--emulate", is_flag=True, default=None, help="Run under qemu with the target's core.")
-@click.option("--limit", type=int, default=None, help="Evaluate on the first N images only.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate on the first N images only.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per variant.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads [default: target cores].")
@@ -324,8 +403,11 @@ _regression_options = options(
 def bench_cmd(target, models, backend, precision, prune, weights, data, calib, device, ssh_options, remote_python,
               emulate,
               limit, runs, warmup, threads, baseline, max_map_drop, max_top1_drop, max_latency_increase,
-              max_instructions_increase, fmt, output, plot) -> None:
+              max_instructions_increase, fmt, output, plot, contract) -> None:
     """Benchmark models on a target: latency percentiles, FPS, accuracy; native, emulated or over SSH."""
+    for path, what in ((output, "--output"), (plot, "--plot")):  # written at the end: checked first
+        if path:
+            check_output(path, "file", what)
     from edgecnn import report
     from edgecnn.bench.baseline import Thresholds, compare, load_baseline
     from edgecnn.bench.pipeline import bench, make_plan
@@ -335,7 +417,7 @@ def bench_cmd(target, models, backend, precision, prune, weights, data, calib, d
     plan = make_plan(target, models=list(models) or None, backends=backend, precisions=precision,
                      prunes=prune, device=device, emulate=emulate, data=data, limit=limit, runs=runs,
                      warmup=warmup, threads=threads, weights=weights, ssh_options=tuple(ssh_options),
-                     remote_python=remote_python, calib=calib)
+                     remote_python=remote_python, calib=calib, contract=contract)
     doc = bench(plan) if fmt != ReportFormat.TABLE and output is None else render.with_progress(plan, bench)
     text = report.render(doc, ReportFormat.MD.value if fmt == ReportFormat.TABLE else fmt)
     if output:
@@ -398,24 +480,28 @@ def emulator_status(fmt: str) -> None:
 # ---------------------------------------------------------------------------- entry point
 
 
+def _stopped(cause: BaseException | None) -> None:
+    """One line and the shell's exit code: 130 for Ctrl-C, 143 for SIGTERM (paths.Terminated)."""
+    terminated = isinstance(cause, Terminated)
+    click.echo("Error: terminated" if terminated else "Error: interrupted", err=True)
+    sys.exit(143 if terminated else 130)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one `Error: ...` line for anything the user can fix."""
-    # TensorFlow's C++ start-up chatter (CPU feature notes, absl warnings) is noise on a CLI.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        cli.main(args=argv, prog_name="edgecnn", standalone_mode=False)
+        with process_scope(), notes_on_stderr():  # SIGTERM cleans up like Ctrl-C; stale temporaries swept
+            cli.main(args=argv, prog_name="edgecnn", standalone_mode=False)
     except EdgecnnError as e:
         click.echo(f"Error: {e}", err=True)
         sys.exit(e.exit_code)
-    except click.exceptions.Abort:
-        click.echo("Error: interrupted", err=True)
-        sys.exit(130)
+    except click.exceptions.Abort as e:  # click's wrapping of a KeyboardInterrupt (or a Terminated)
+        _stopped(e.__cause__ or e.__context__)
     except click.ClickException as e:
         click.echo(f"Error: {e.format_message()} (see 'edgecnn --help')", err=True)
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        click.echo("Error: interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        _stopped(e)
     except Exception as e:  # a bug, not bad input: one line unless the user asks for the traceback
         if os.environ.get("EDGECNN_DEBUG"):
             raise

@@ -37,3 +37,7 @@ class ToolError(EdgecnnError):
 
 class AccuracyError(EdgecnnError):
     """A transformed model lost more accuracy than the user allowed."""
+
+
+class EdgecnnWarning(UserWarning):
+    """A note for the user (a small calibration set, accuracy not measured): the CLI prints it as it happens."""

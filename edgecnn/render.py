@@ -9,7 +9,34 @@ also writes them to files; bench's progress bar is here. rich is imported inside
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
+
+WIDE = 200  # columns without a terminal (CI logs, pipes): rich's 80 wraps the tables into fragments
+
+
+def console(stderr: bool = False):
+    """The rich Console that every table and progress bar prints through.
+
+    On a terminal, the terminal's width. Without one (CI, a pipe, a file) COLUMNS
+    when it is set, else WIDE, so a table keeps one line per row instead of
+    rich's 80 columns breaking names and numbers apart.
+    """
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    if _is_terminal(stream):
+        return Console(stderr=stderr)
+    columns = os.environ.get("COLUMNS", "")
+    return Console(stderr=stderr, width=int(columns) if columns.isdigit() and int(columns) > 0 else WIDE)
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def fmt_count(n: int | None) -> str:
@@ -54,7 +81,7 @@ def targets_table(targets: list) -> Any:
     table = Table(title="Targets")
     # The backends column keeps its old heading: the printed table did not change with the rename.
     for col in ("name", "board", "cpu", "cores", "MHz", "backends", "gpu"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col != "board", justify="right" if col in ("cores", "MHz") else "left")
     for t in targets:
         table.add_row(t.name, t.board or t.description, t.cpu, str(t.cores), str(t.clock_mhz or "-"),
                       ",".join(t.backends), t.gpu.arch if t.gpu else "-")
@@ -107,7 +134,7 @@ def prune_table(r) -> Any:
 
     table = Table(title=f"{r.source} -> {r.method} pruning {r.ratio:g}")
     for col in ("", "before", "after", "change"):
-        table.add_column(col, justify="left" if not col else "right")
+        table.add_column(col, justify="left" if not col else "right", no_wrap=bool(col))
     params, macs, size, lat = r.params, r.macs, r.size_bytes, r.latency
     table.add_row("params", f"{params['before']:,}", f"{params['after']:,}",
                   _change(params["before"], params["after"]))
@@ -179,13 +206,16 @@ def compile_table(result) -> Any:
 
 
 def with_progress(plan, bench) -> dict:
-    """`bench(plan)` with a progress bar on stderr, one step per variant, gone when it ends."""
-    from rich.console import Console
+    """`bench(plan)` with a progress bar on stderr, one step per variant, gone when it ends.
+
+    Without a terminal there is no bar (a CI log would only get its blank line).
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+    err = console(stderr=True)
+    with Progress(*columns, console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task(f"bench {plan.target.name} ({plan.mode.value})", total=len(plan.variants))
         return bench(plan, log=lambda msg: progress.update(task, description=msg),
                      on_row=lambda row: progress.advance(task))

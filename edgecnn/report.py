@@ -90,6 +90,8 @@ def render(doc: dict[str, Any], fmt: str | ReportFormat) -> str:
     return "\n".join(lines) + "\n"
 
 
+MIN_NAME = 4  # a name column folds (on a terminal too narrow for the table) to no fewer characters
+
 _SHORT = {"precision": "prec", "pruning": "prune", "threads": "thr", "size_kb": "KB", "macs_m": "MMACs",
           "accuracy": "acc", "p50_ms": "p50 ms", "p90_ms": "p90 ms", "p99_ms": "p99 ms",
           "instructions": "instructions", "predicted_ms": "pred. ms"}
@@ -103,17 +105,16 @@ def rich_table(doc: dict[str, Any]):
     cols = [c for c in COLUMNS if c not in ("mode", "metric") and any(r[c] not in (None, "-") for r in rows)]
     mode = ", ".join(sorted({str(r["mode"]) for r in rows})) or "-"
     table = Table(title=f"edgecnn bench: target {doc.get('target')} ({mode})")
-    for c in cols:
-        table.add_column(_SHORT.get(c, c), justify="left" if c in ("model", "backend", "precision", "pruning")
-                         else "right", overflow="fold")
-    for r in rows:
-        cells = []
-        for c in cols:
-            if c == "accuracy" and r[c] is not None:
-                cells.append(f"{r['metric']} {r[c]:.3f}")
-            else:
-                cells.append(_cell(r[c]))
-        table.add_row(*cells)
+    cells = [[f"{r['metric']} {r[c]:.3f}" if c == "accuracy" and r[c] is not None else _cell(r[c]) for c in cols]
+             for r in rows]
+    for i, c in enumerate(cols):
+        if c in ("model", "backend", "precision", "pruning"):  # a name folds on a terminal too narrow for the table
+            longest = max([len(row[i]) for row in cells] + [len(_SHORT.get(c, c))])
+            table.add_column(_SHORT.get(c, c), overflow="fold", min_width=min(longest, MIN_NAME))
+        else:  # numbers never wrap: a split "map50_9 5 0.484" misreads
+            table.add_column(_SHORT.get(c, c), justify="right", no_wrap=True)
+    for row in cells:
+        table.add_row(*row)
     return table
 
 

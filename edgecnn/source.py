@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,13 @@ class SourceModel:
     precision: str = Precision.FP32.value  # what a given .onnx/.tflite already is
     weights: str | None = None  # zoo models: "demo", "random", "imagenet" or a weights path
     demo: bool = False
-    path: Path | None = None  # the model file (None for zoo models)
+    path: Path | None = None  # the model file the stages build from (None for zoo models)
     keras_model: Any = None  # a keras.Model for Keras sources
     macs: int | None = None
     params: int | None = None
+    layout: str = "NHWC"  # the image input's layout: "NHWC" or "NCHW" (PyTorch/Paddle exports)
+    file: Path | None = None  # the user's own file; `path` is its intake copy (input bound, simplified)
+    notes: list[str] = field(default_factory=list)  # what intake did that the user should know
 
     @property
     def num_classes(self) -> int | None:
@@ -63,8 +67,12 @@ class SourceModel:
 
     @property
     def static_shape(self) -> list[int]:
-        """The input with batch 1: every backend here compiles for one image at a time."""
-        return [1, *(int(d) if d is not None else -1 for d in self.input_shape[1:])]
+        """The input with batch 1 in the model's layout: every backend here compiles one image of one size."""
+        from edgecnn.frameworks.onnx_graph import static_shape
+
+        if len(self.input_shape) != 4:
+            return [1, *(int(d) if d is not None else -1 for d in self.input_shape[1:])]
+        return static_shape(tuple(self.input_shape), self.layout, self.preprocessing.size)
 
     def metadata(self) -> dict:
         """The sidecar of a derived artifact: what a runner needs to feed and decode it."""
@@ -80,17 +88,118 @@ def is_zoo_ref(model: str | Path) -> bool:
     return text.strip().partition(":")[0] in {s.name for s in zoo.list_models()} and not Path(text).exists()
 
 
+def check_model_ref(model: "str | Path | SourceModel") -> None:
+    """ModelError for a reference that names nothing, decided from the text alone (nothing is loaded).
+
+    A reference without a path separator or a model-file suffix that is neither a file nor a zoo
+    name was meant as a zoo name: "unknown model" with the known names, not "model file not found".
+    """
+    from edgecnn import zoo
+    from edgecnn.zoo.files import FORMATS
+
+    if isinstance(model, SourceModel) or is_zoo_ref(model):
+        return
+    text = str(model).strip()
+    name = text.partition(":")[0]
+    if Path(text).exists() or "/" in text or os.sep in text or Path(name).suffix.lower() in FORMATS:
+        return
+    known = ", ".join(s.name for s in zoo.list_models())
+    raise ModelError(f"unknown model {name!r}; known models: {known} (or give a path to a .keras, .h5, .onnx or "
+                     ".tflite file)")
+
+
 def load_source(model: "str | Path | SourceModel", weights: str | Path = "demo",
-                preprocessing: Preprocessing | dict | None = None) -> SourceModel:
+                preprocessing: Preprocessing | dict | None = None, layout: str | None = None,
+                contract: dict | None = None) -> SourceModel:
     """A zoo reference or model file -> SourceModel (a SourceModel is returned as it is).
 
-    ModelError for anything missing, unreadable or without a data contract.
+    layout: NHWC or NCHW for an ONNX input the shape leaves ambiguous (else read from the graph).
+    contract: the data-contract options of edgecnn.contract (input_size, mean, std, scale, offset, bgr,
+    layout, classes, task, resize), over the sidecar and the file's own metadata.
+    ModelError for anything missing, unreadable, without a data contract, or whose input is not
+    an image batch at its preprocessing size (what every stage feeds it).
     """
     if isinstance(model, SourceModel):
         return model
+    check_model_ref(model)
     if is_zoo_ref(model):
-        return _from_zoo(str(model), weights, preprocessing)
-    return _from_file(Path(str(model)), preprocessing)
+        if any(v not in (None, False, ()) for v in (contract or {}).values()):
+            raise ModelError(f"{model} is a zoo model with its own preprocessing and classes; the contract options "
+                             "(--input-size, --mean, --classes, ...) describe model files")
+        src = _from_zoo(str(model), weights, preprocessing)
+    else:
+        src = _from_file(Path(str(model)), preprocessing, layout, contract)
+    check_image_input(src.name, src.input_shape, src.preprocessing, src.layout)
+    if src.kind == "onnx":
+        _onnx_intake(src)
+    if src.kind in ("onnx", "tflite"):
+        _file_counts(src)
+    import warnings
+
+    from edgecnn.errors import EdgecnnWarning
+
+    for note in src.notes:  # shown now, once per load, whatever the stage does next
+        warnings.warn(note, EdgecnnWarning, stacklevel=2)
+    return src
+
+
+def check_image_input(model_name: str, shape: "tuple | list | None", preprocessing: Preprocessing,
+                      layout: str = "NHWC") -> None:
+    """ModelError when RGB images at the preprocessing size cannot feed the model's image input."""
+    shape = tuple(shape or ())
+    h, w = preprocessing.size
+    if len(shape) != 4:
+        raise ModelError(f"{model_name}: input shape {_fmt(shape)} is not an image batch (N, H, W, 3) or "
+                         "(N, 3, H, W); edgecnn takes single-input image models")
+    # The same checks for both layouts, on the (N, H, W, C) view.
+    nhwc = (shape[0], shape[2], shape[3], shape[1]) if layout == "NCHW" else shape
+    if nhwc[3] not in (None, 3):
+        raise ModelError(f"{model_name}: input {_fmt(shape)} wants {nhwc[3]} channels ({layout}), but edgecnn "
+                         "feeds RGB images (3 channels)")
+    if (nhwc[1] not in (None, h)) or (nhwc[2] not in (None, w)):
+        raise ModelError(f"{model_name}: input {_fmt(shape)} ({layout}) does not match the preprocessing size "
+                         f"{h}x{w}; set the size in the sidecar (preprocessing.size) to the model's input")
+
+
+def _file_counts(src: SourceModel) -> None:
+    """MACs and params of an .onnx/.tflite from its graph (edgecnn.zoo.graph_stats); None where undetermined."""
+    from edgecnn.zoo.graph_stats import onnx_counts, tflite_counts
+
+    shape = src.static_shape
+    try:
+        if src.kind == "onnx":  # the intake copy: its input is already bound
+            src.macs, src.params = onnx_counts(src.path)
+        else:
+            src.macs, src.params = tflite_counts(src.path, shape if min(shape) > 0 else None)
+    except ModelError as e:  # the model loaded, so this is the counter's limit, not bad input
+        src.notes.append(f"{src.name}: MACs/params not counted ({e})")
+
+
+def _onnx_intake(src: SourceModel) -> None:
+    """Bind the free dimensions and simplify the graph into a cached copy that every stage builds from.
+
+    Keyed by the content hash (file bytes, data contract, layout), so it is made once per model.
+    """
+    from edgecnn.frameworks.onnx_graph import bind_and_simplify
+    from edgecnn.paths import atomic_dir, cache_dir
+
+    folder = cache_dir("intake") / src.sha256[:32]
+    bound = folder / f"{src.name}.onnx"
+    if not bound.is_file():
+        with atomic_dir(folder) as tmp:
+            notes = bind_and_simplify(src.file, tmp / bound.name, src.static_shape,
+                                      simplify=src.precision != Precision.INT8.value)
+            (tmp / "notes.json").write_text(json.dumps(notes))
+    src.path = bound
+    src.notes += json.loads((folder / "notes.json").read_text())
+    free = [i for i, d in enumerate(src.input_shape) if d is None]
+    if any(i > 0 for i in free):
+        src.notes.append(f"{src.name}: free input dimensions bound to {tuple(src.static_shape)} ({src.layout}) "
+                         f"from the preprocessing size")
+
+
+def _fmt(shape: tuple) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
 
 
 def _from_zoo(ref: str, weights, preprocessing) -> SourceModel:
@@ -116,7 +225,7 @@ def _from_zoo(ref: str, weights, preprocessing) -> SourceModel:
     return src
 
 
-def _from_file(path: Path, preprocessing) -> SourceModel:
+def _from_file(path: Path, preprocessing, layout: str | None = None, contract: dict | None = None) -> SourceModel:
     from edgecnn.zoo.files import model_format
 
     fmt = model_format(path)  # ModelError for a missing, empty or unknown file
@@ -126,7 +235,7 @@ def _from_file(path: Path, preprocessing) -> SourceModel:
     keras_model, precision, params = None, Precision.FP32.value, None
     if fmt == "onnx":
         shape = _single_input(path, check_float=True)
-        precision, params = onnx_precision(path), _file_params(path)
+        precision = onnx_precision(path)
     elif fmt == "tflite":
         shape = _single_input(path, check_float=False)
         precision = tflite_precision(path.read_bytes())
@@ -136,11 +245,20 @@ def _from_file(path: Path, preprocessing) -> SourceModel:
         if shape is None:
             raise ModelError(f"{path.name} has {len(keras_model.inputs)} inputs; edgecnn takes "
                              "single-input image models")
+    from edgecnn import contract as c
+
     side = sidecar_path(path)
-    meta = read_sidecar(path)
+    options = c.from_options(contract)
+    embedded = c.onnx_metadata(path) if fmt == "onnx" else {}
+    meta = c.merge(embedded, read_sidecar(path), options)
     pre = preprocessing if preprocessing is not None else meta.get("preprocessing")
-    if pre is None:
-        raise ModelError(f"no preprocessing for {path.name}: write {side.name} next to it with {SIDECAR_HELP}")
+    if pre is None or (isinstance(pre, dict) and "size" not in pre):
+        raise ModelError(f"no preprocessing for {path.name}: pass --input-size HxW (with --mean/--std or "
+                         f"--scale/--offset), or write {side.name} next to it with {SIDECAR_HELP}")
+    notes = []
+    if preprocessing is None and not {"scale", "offset"} & set(pre):
+        notes.append(f"{path.name}: no normalisation given (sidecar or --mean/--std/--scale/--offset): "
+                     "pixels are scaled by 1/255")
     head = meta.get("head")
     task = meta.get("task") or (Task.DETECTION.value if head else Task.CLASSIFICATION.value)
     if task not in Task.values():
@@ -148,10 +266,17 @@ def _from_file(path: Path, preprocessing) -> SourceModel:
     if task == Task.DETECTION and not (head and head.get("anchors")):
         raise ModelError(f"{side}: a detector needs head.anchors to decode its output")
     classes = meta.get("classes")
+    model_layout = "NHWC"
+    if fmt == "onnx":
+        from edgecnn.frameworks.onnx_graph import image_layout
+
+        model_layout = image_layout(tuple(shape), path.name, layout or meta.get("layout"))
+    elif layout and str(layout).upper() != "NHWC":
+        raise ModelError(f"{path.name}: {fmt} models take NHWC images; --layout {layout} applies to ONNX files")
     src = SourceModel(name=path.stem, ref=str(path), kind=fmt, task=task, preprocessing=_prep(pre, path.name),
                       classes=list(classes) if classes else None, head=head, input_shape=shape,
                       precision=precision, demo=bool(meta.get("demo", False)), path=path, keras_model=keras_model,
-                      params=params)
+                      params=params, layout=model_layout, file=path, notes=notes)
     if keras_model is not None:
         src.sha256 = _keras_digest(keras_model, path, src)
         src.macs, src.params = _keras_counts(keras_model)
@@ -176,7 +301,36 @@ def read_sidecar(path: Path) -> dict:
         raise ModelError(f"cannot read {side}: {e}") from None
     if not isinstance(data, dict):
         raise ModelError(f"{side} must hold a JSON object like {SIDECAR_HELP}")
+    _check_sidecar(data, side)
     return data
+
+
+# Sidecar fields edgecnn reads -> allowed JSON types (others, e.g. a derived model's report, pass through).
+_SIDECAR_TYPES: dict[str, tuple[type, ...]] = {
+    "preprocessing": (dict,), "task": (str,), "classes": (list, type(None)), "head": (dict, type(None)),
+    "demo": (bool,), "model": (str,), "layout": (str,),
+}
+_TYPE_WORDS = {dict: "an object", str: "a string", list: "a list", bool: "true or false", type(None): "null"}
+
+
+def _check_sidecar(data: dict, side: Path) -> None:
+    """ModelError naming the sidecar and the field whose JSON type is wrong (never guessed or coerced)."""
+    for key, types in _SIDECAR_TYPES.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            words = " or ".join(_TYPE_WORDS[t] for t in types)
+            raise ModelError(f"{side}: {key} must be {words}, got {json.dumps(value)[:60]}")
+    if not all(isinstance(c, str) for c in data.get("classes") or ()):
+        raise ModelError(f"{side}: classes must be a list of strings, got {json.dumps(data['classes'])[:60]}")
+    anchors = (data.get("head") or {}).get("anchors")
+    if anchors is not None and not (isinstance(anchors, list) and all(
+            isinstance(a, list) and len(a) == 2 and all(_is_number(x) and x > 0 for x in a) for a in anchors)):
+        raise ModelError(f"{side}: head.anchors must be a list of [w, h] pairs of positive numbers, "
+                         f"got {json.dumps(anchors)[:60]}")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _prep(pre, what) -> Preprocessing:
@@ -222,16 +376,12 @@ def _file_sha256(path: Path) -> str:
     return file_sha256(path)
 
 
-def _file_params(path: Path) -> int | None:
-    from edgecnn.zoo.files import inspect_model_file
-
-    return inspect_model_file(path).params
-
-
 def _digest(model_hash: str, src: SourceModel) -> str:
     """Model bytes plus the data contract: an edited sidecar is a different source."""
     contract = {"preprocessing": src.preprocessing.to_dict(), "task": src.task, "classes": src.classes,
                 "head": src.head}
+    if src.layout != "NHWC":  # only where it is not the default, so existing keys stay valid
+        contract["layout"] = src.layout
     return hashlib.sha256((model_hash + json.dumps(contract, sort_keys=True)).encode()).hexdigest()
 
 

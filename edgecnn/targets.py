@@ -273,6 +273,9 @@ def load_target_file(path: str | Path) -> Target:
         raise TargetError(f"target file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise TargetError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:  # tomllib decodes the bytes itself and names no file
+        raise TargetError(f"{path}: not UTF-8 text (byte {e.start}); TOML files are UTF-8, save it as UTF-8") \
+            from None
     except OSError as e:
         raise TargetError(f"{path}: cannot read: {e.strerror}") from None
     return parse_target(data, str(path))

@@ -21,6 +21,9 @@ fi
 
 # The Python package with its test extras (editable, so the checkout is what runs).
 python3 -m pip install -q --disable-pip-version-check --progress-bar off -e '.[dev,tune,jetson]'
+# ONNX -> TFLite (edgecnn.frameworks.convert): onnx2tf and tf-keras without their dependencies, whose pins
+# would replace TensorFlow, numpy, onnx and LiteRT (pyproject.toml lists what they import instead).
+python3 -m pip install -q --disable-pip-version-check --progress-bar off --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
 # pyenv installs console scripts behind shims that exist only after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 

@@ -65,18 +65,65 @@ def variant_name(row: dict[str, Any]) -> str:
 
 
 def load_baseline(path: str | Path) -> dict[str, Any]:
-    """A bench JSON file written by `edgecnn bench --format json -o FILE`."""
+    """A bench JSON file written by `edgecnn bench --format json -o FILE`, checked row by row.
+
+    DataError naming the file (and the row and field) for anything compare() could not read.
+    """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"baseline {path} is a directory; give the bench JSON file inside it")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DataError(f"baseline not found: {path} (write one with `edgecnn bench ... --format json -o {path}`)") \
             from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"baseline {path} is not valid JSON ({e})") from None
+    except OSError as e:
+        raise DataError(f"cannot read baseline {path}: {e.strerror or e}") from None
     if not isinstance(data, dict) or not isinstance(data.get("results"), list):
         raise DataError(f"baseline {path} is not a bench JSON file (no \"results\" list)")
+    if not isinstance(data.get("target"), (str, type(None))):
+        raise DataError(f"baseline {path}: \"target\" must be a string, got {data['target']!r}")
+    for i, row in enumerate(data["results"]):
+        problem = _row_problem(row)
+        if problem:
+            raise DataError(f"baseline {path}: results[{i}] {problem} (is this a `bench --format json` file?)")
     return data
+
+
+# What compare() reads of a row: field -> allowed types (None: may be null or absent).
+_ROW_FIELDS: dict[str, tuple[type, ...]] = {
+    "model": (str,), "backend": (str,), "precision": (str,), "mode": (str,), "weights": (str, type(None)),
+    "pruning": (dict, type(None)), "accuracy": (dict, type(None)), "latency_ms": (dict, type(None)),
+    "emulated_instructions": (int, float, type(None)),
+}
+_NUMBER = (int, float, type(None))
+
+
+def _row_problem(row: Any) -> str | None:
+    """What is wrong with one result row, in words, or None when compare() can read it."""
+    if not isinstance(row, dict):
+        return f"must be an object, got {type(row).__name__} {row!r:.60}"
+    for key, types in _ROW_FIELDS.items():
+        value = row.get(key)
+        if key not in row and type(None) in types:
+            continue
+        if not isinstance(value, types) or isinstance(value, bool):
+            return f"field {key!r} must be {_words(types)}, got {value!r:.60}"
+    nested = [("pruning", "method", (str, type(None))), ("pruning", "ratio", _NUMBER),
+              ("latency_ms", "p50", _NUMBER), *(("accuracy", m, _NUMBER) for m in ("map50_95", "map50", "top1"))]
+    for key, sub, types in nested:
+        value = (row.get(key) or {}).get(sub)
+        if not isinstance(value, types) or isinstance(value, bool):
+            return f"field {key}.{sub} must be {_words(types)}, got {value!r:.60}"
+    return None
+
+
+def _words(types: tuple[type, ...]) -> str:
+    names = {str: "a string", dict: "an object", int: "a number", float: "a number"}
+    words = list(dict.fromkeys(names[t] for t in types if t is not type(None)))
+    return " or ".join(words) + (" or null" if type(None) in types else "")
 
 
 def _increase(base: float | None, cur: float | None) -> float | None:

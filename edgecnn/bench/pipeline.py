@@ -65,6 +65,7 @@ class BenchPlan:
     ssh_options: tuple[str, ...] = ()  # ssh mode: extra ssh arguments (-i key, -F config, -o ProxyJump=...)
     remote_python: str = "python3"  # ssh mode: the board's interpreter (a venv's python, say)
     calib: str | None = None  # calibration set for int8 of models that are not demo models
+    contract: dict | None = None  # data-contract options for model files (edgecnn.contract)
 
 
 def parse_prune(text: str) -> str | None:
@@ -101,14 +102,33 @@ def choose_mode(target: Target, device: str | None, emulate: bool | None) -> Mod
                       f"be emulated ({target.emulation_problem()}); pass --device user@host to bench on the board")
 
 
-def default_backends(target: Target, precision: str) -> list[str]:
-    """The target's most preferred backend that builds `precision` (as each backend declares it)."""
-    from edgecnn.compile import supports
+def default_backends(target: Target, precision: str, kind: str = "keras") -> list[str]:
+    """The target's most preferred backend that builds `precision` (as each backend declares it) and takes a
+    `kind` file as it is (an .onnx goes to onnxruntime, not through a converter); else any that builds it."""
+    from edgecnn.compile import compiler
 
-    for backend in target.backends:
-        if supports(backend, precision):
+    able = [b for b in target.backends if compiler(b).supports(precision)]
+    for backend in able:
+        if kind in compiler(backend).formats:
             return [backend]
+    if able:
+        return able[:1]
     raise DataError(f"target {target.name} has no backend for {precision}")
+
+
+def _file_facts(model: str) -> tuple[str, str | None]:
+    """(kind, own precision) of a model reference: ("keras", None) for zoo models, read from the file else."""
+    from edgecnn.source import is_zoo_ref, onnx_precision, tflite_precision
+    from edgecnn.zoo.files import model_format
+
+    if is_zoo_ref(model):
+        return "keras", None
+    kind = model_format(model)
+    if kind == "onnx":
+        return kind, onnx_precision(Path(model))
+    if kind == "tflite":
+        return kind, tflite_precision(Path(model).read_bytes())
+    return kind, Precision.FP32.value
 
 
 def make_plan(target: str, *, models: list[str] | None = None, backends: list[str] | None = None,
@@ -116,10 +136,20 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
               emulate: bool | None = None, data: str | None = None, limit: int | None = None, runs: int = 50,
               warmup: int = 5, threads: int | None = None, weights: str = "demo",
               ssh_options: tuple[str, ...] = (), remote_python: str = "python3",
-              calib: str | None = None) -> BenchPlan:
-    """Resolve the command line into the list of variants to run; raises on anything inconsistent."""
+              calib: str | None = None, contract: dict | None = None) -> BenchPlan:
+    """Resolve the command line into the list of variants to run; raises on anything inconsistent.
+
+    Everything the arguments alone decide (the --device syntax, the --data path and layout, model
+    names) is refused here, before any model is loaded or built.
+    """
+    from edgecnn.paths import check_cache_root
+
+    check_cache_root()
     t = get_target(target)
+    if device is not None:
+        _check_device(device)
     mode = choose_mode(t, device, emulate)
+    requested = precisions
     precisions = precisions or ["fp32", "int8"]
     for p in precisions:
         if p not in Precision.values():
@@ -131,44 +161,77 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
     models = list(models or DEMO_MODELS)
     if data is None and weights != "demo":
         raise DataError("--data is needed to measure accuracy when the weights are not the demo weights")
-    _check_user_models(models, weights, precisions, data, calib)
+    if limit is not None and limit < 1:
+        raise DataError("--limit must be 1 or more")
+    if data is not None:
+        from edgecnn.data.formats import dataset_layout
+
+        try:
+            dataset_layout(data)
+        except DataError as e:
+            raise DataError(f"--data: {e}") from None
+    if calib is not None and Precision.INT8.value in precisions:
+        from edgecnn.data.calibration import load_calibration_set
+
+        load_calibration_set(calib)  # lists the images only; int8 variants are built after the float ones
+    from edgecnn.source import check_model_ref
+
+    for m in models:
+        check_model_ref(m)
+    facts = {m: _file_facts(m) for m in models}
+    # A model file is benched at its own precision unless --precision says otherwise (fp16/int8 files pass
+    # through as they are); zoo models at fp32 and int8.
+    per_model = {m: requested or (precisions if own is None else [own]) for m, (_, own) in facts.items()}
+    _check_user_models(models, weights, per_model, facts, data, calib)
     from edgecnn.compile import compiler
 
     variants = []
     notes = []
+    wanted = [p for p in Precision.values() if any(p in ps for ps in per_model.values())]
     for b in backends or []:  # a combination the backend does not build is left out, never faked
-        for prec in precisions:
+        for prec in wanted:
             if not compiler(b).supports(prec):
                 notes.append(f"{b} {prec} left out: {compiler(b).precision_advice.get(prec, 'not built by ' + b)}")
     for m in models:
         for pr in prune_specs:
-            for prec in precisions:
-                for b in backends or default_backends(t, prec):
+            for prec in per_model[m]:
+                for b in backends or default_backends(t, prec, facts[m][0]):
                     if compiler(b).supports(prec):
                         variants.append(Variant(m, b, prec, pr))
     if not variants:
         raise DataError("nothing to bench: every requested combination was excluded")
-    if limit is not None and limit < 1:
-        raise DataError("--limit must be 1 or more")
     if (ssh_options or remote_python != "python3") and mode is not Mode.SSH:
         raise DataError("--ssh-option and --remote-python apply only with --device")
     return BenchPlan(t, mode, variants, data, device, limit, runs, warmup, threads, weights, notes,
-                     tuple(ssh_options), remote_python, calib)
+                     tuple(ssh_options), remote_python, calib, contract)
 
 
-def _check_user_models(models: list[str], weights: str, precisions: list[str], data: str | None,
-                       calib: str | None) -> None:
+def _check_device(device: str) -> None:
+    """DataError for a --device that is not user@host[:port] with a port in 1..65535."""
+    from edgecnn.bench.remote import parse_device
+
+    try:
+        parse_device(device)
+    except DataError:
+        raise DataError(f"--device {device!r} is not user@host[:port] (a host name or address, "
+                        "optionally a user and a port 1-65535)") from None
+
+
+def _check_user_models(models: list[str], weights: str, precisions: dict[str, list[str]], facts: dict,
+                       data: str | None, calib: str | None) -> None:
     """The demo calibration and val splits belong to the demo models only: any other model brings its own.
 
     Decided from the arguments alone, before a model is loaded: a model is a demo
-    model when it is a zoo name benched with the demo weights.
+    model when it is a zoo name benched with the demo weights; a name that is neither
+    a zoo model nor a file is an unknown model.
     """
-    from edgecnn.source import is_zoo_ref
+    from edgecnn.source import check_model_ref, is_zoo_ref
 
     for m in models:
+        check_model_ref(m)
         if is_zoo_ref(m) and weights == "demo":
             continue
-        if "int8" in precisions and calib is None:
+        if "int8" in precisions[m] and facts[m][1] != "int8" and calib is None:
             raise DataError(f"int8 for {m} needs its own calibration images: pass --calib (a named set under "
                             "calibration/ or a folder of images); the demo set fits only the demo models")
         if data is None:
@@ -194,7 +257,7 @@ def load_variant_source(variant: Variant, plan: BenchPlan, log: Callable[[str], 
     from edgecnn.source import load_source
 
     if not variant.prune:
-        return load_source(variant.model, plan.weights)
+        return load_source(variant.model, plan.weights, contract=plan.contract)
     from edgecnn.bench.cached import pruned_model
 
     return load_source(pruned_model(variant.model, variant.pruning(), plan.weights, log))

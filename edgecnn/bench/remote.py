@@ -23,6 +23,7 @@ import json
 import re
 import secrets
 import shlex
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -30,18 +31,24 @@ from typing import Any, Sequence
 
 from edgecnn.artifacts import Bundle, load_bundle
 from edgecnn.errors import DataError, ToolError
+from edgecnn.logfilter import is_noise
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the edgecnn package folder
 # What `python -m edgecnn.runner` imports: stdlib + numpy + a runtime (+ opencv for images).
 # Everything `python -m edgecnn.runner` imports, and nothing more (tests/unit/test_architecture.py checks it).
 RUNNER_SOURCES = (
-    "__init__.py", "errors.py", "artifacts.py", "kinds.py", "targets.py", "runner/tensors.py",
-    "runner/__init__.py", "runner/__main__.py", "runner/run.py", "runner/sessions.py", "runner/stats.py",
-    "runner/postprocess.py", "runner/metrics.py",
+    "__init__.py", "errors.py", "artifacts.py", "kinds.py", "logfilter.py", "paths.py", "targets.py",
+    "runner/tensors.py", "runner/__init__.py", "runner/__main__.py", "runner/run.py", "runner/sessions.py",
+    "runner/stats.py", "runner/postprocess.py", "runner/metrics.py",
     "data/__init__.py", "data/dataset.py", "data/preprocess.py", "data/formats.py",
 )
 MIN_PYTHON = (3, 10)
 DEFAULT_TIMEOUT_S = 600
+ALIVE_INTERVAL_S, ALIVE_COUNT = 15, 4  # a silent connection counts as dropped after a minute
+
+# What the board says on stderr, besides the runner's own lines (and its exit code with it).
+CONNECTED = "edgecnn-remote: connected"  # first thing: a later ssh failure (255) is a dropped connection
+UNWRITABLE, KILLED = 4, 5  # cannot unpack (a full or read-only disk); the runner ended by a signal
 
 # Runs on the board. Kept to Python 3 syntax old boards parse, so a too-old Python gets a clear line.
 BOOT = r"""
@@ -49,24 +56,42 @@ import os, shutil, subprocess, sys, tarfile, tempfile
 if sys.version_info < %(min)r:
     sys.stderr.write("edgecnn-remote: python %%d.%%d\n" %% sys.version_info[:2])
     sys.exit(3)
-work = os.path.join(tempfile.gettempdir(), "edgecnn-run-" + sys.argv[1])
-os.makedirs(work)
-code = 1
+sys.stderr.write("%(connected)s\n")
+sys.stderr.flush()
+def unwritable(e):
+    where = os.path.dirname(work) if work else "any temporary folder"
+    sys.stderr.write("edgecnn-remote: cannot unpack: %%s in %%s\n" %% (e.strerror or e, where))
+    sys.exit(%(unwritable)d)
+work, code = None, 1
 try:
-    with tarfile.open(fileobj=sys.stdin.buffer, mode="r|gz") as tar:
-        tar.extractall(work, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    try:
+        work = os.path.join(tempfile.gettempdir(), "edgecnn-run-" + sys.argv[1])
+        os.makedirs(work)
+        with tarfile.open(fileobj=sys.stdin.buffer, mode="r|gz") as tar:
+            tar.extractall(work, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    except OSError as e:
+        unwritable(e)
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.path.join(work, "src"), env.get("PYTHONPATH")) if p)
     proc = subprocess.Popen([sys.executable, "-m", "edgecnn.runner"] + sys.argv[2:], cwd=work, env=env)
-    with open(os.path.join(work, "pid"), "w") as f:
-        f.write(str(proc.pid))
+    try:
+        with open(os.path.join(work, "pid"), "w") as f:
+            f.write(str(proc.pid))
+    except OSError as e:
+        proc.kill()
+        proc.wait()
+        unwritable(e)
     code = proc.wait()
+    if code < 0:
+        sys.stderr.write("edgecnn-remote: runner killed by signal %%d\n" %% -code)
+        code = %(killed)d
 finally:
-    shutil.rmtree(work, ignore_errors=True)
+    if work:
+        shutil.rmtree(work, ignore_errors=True)
 sys.exit(code)
-""" % {"min": MIN_PYTHON}
+""" % {"min": MIN_PYTHON, "connected": CONNECTED, "unwritable": UNWRITABLE, "killed": KILLED}
 
-# Best effort after a timeout: stop the runner and remove its folder.
+# Best effort after a timeout or a dropped connection: stop the runner and remove its folder.
 CLEANUP = r"""
 import os, shutil, signal, sys, tempfile
 work = os.path.join(tempfile.gettempdir(), "edgecnn-run-" + sys.argv[1])
@@ -94,6 +119,9 @@ def ssh_command(device: str, remote: Sequence[str], *, ssh_options: Sequence[str
     """The local ssh command line that runs `remote` (argv, quoted here for the remote shell)."""
     destination, port = parse_device(device)
     cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={int(connect_timeout)}", *ssh_options]
+    # A board that vanishes (unplugged, Wi-Fi gone) sends nothing: without these ssh would wait for the timeout.
+    # After the user's options, so theirs win (ssh keeps the first value of each).
+    cmd += ["-o", f"ServerAliveInterval={ALIVE_INTERVAL_S}", "-o", f"ServerAliveCountMax={ALIVE_COUNT}"]
     if port is not None:
         cmd += ["-p", str(port)]
     return cmd + ["--", destination, " ".join(shlex.quote(a) for a in remote)]
@@ -147,6 +175,10 @@ def run_remote(bundle: str | Path | Bundle, device: str, *, data: str | Path | N
 
     `python` is the board's interpreter (a venv's python, say); `ssh_options` go to
     ssh before the destination (e.g. ("-i", "~/.ssh/pi", "-o", "ProxyJump=gw")).
+    Every failure is one ToolError line and never a result: the board unreachable,
+    its disk full, the connection dropped or the runner killed mid-run, a run past
+    `timeout` (the runner is then stopped and its folder removed, as far as the
+    board still answers).
     """
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     payload, data_arg, dataset = package(b, data, limit)
@@ -164,8 +196,11 @@ def run_remote(bundle: str | Path | Bundle, device: str, *, data: str | Path | N
         _cleanup(device, python, token, ssh_options, connect_timeout)
         raise ToolError(f"the run on {device} did not finish within {timeout:.0f} s") from None
     stdout, stderr = done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace")
-    if done.returncode != 0:
-        raise ToolError(_failure(device, python, done.returncode, stderr))
+    if done.returncode != 0:  # whatever stdout holds then is not a result, even a whole JSON line
+        message = _failure(device, python, done.returncode, stderr)
+        if _dropped(done.returncode, stderr):
+            _cleanup(device, python, token, ssh_options, connect_timeout)
+        raise ToolError(message)
     try:
         result = json.loads(stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
@@ -179,14 +214,34 @@ def run_remote(bundle: str | Path | Bundle, device: str, *, data: str | Path | N
 
 
 def _last(stderr: str) -> str:
-    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip() and not ln.startswith("INFO: ")]
+    lines = [ln.strip() for ln in stderr.splitlines()
+             if ln.strip() and not is_noise(ln) and not ln.startswith("edgecnn-remote: ")]
     return lines[-1] if lines else "no message"
 
 
+# ssh's words for a connection lost after it was made (it prints some of them only above LogLevel ERROR).
+_LOST = re.compile(r"closed by remote host|Broken pipe|reset by peer|not responding|Connection timed out during")
+
+
+def _dropped(code: int, stderr: str) -> bool:
+    """ssh failed (255) after the board had started: the connection dropped mid-run."""
+    return code == 255 and (CONNECTED in stderr or _LOST.search(stderr) is not None)
+
+
 def _failure(device: str, python: str, code: int, stderr: str) -> str:
-    """One line for a failed remote run, from ssh's exit code and the runner's stderr."""
+    """One line for a failed remote run, from ssh's exit code and the board's stderr."""
+    if _dropped(code, stderr):
+        reason = _last(stderr).rstrip(".")
+        return (f"the connection to {device} dropped during the run"
+                f"{'' if reason == 'no message' else f' ({reason})'}; no result")
     if code == 255:  # ssh's own failure: DNS, refused, timeout, host key, authentication
         return f"cannot reach {device}: {_last(stderr)}"
+    unpack = re.search(r"edgecnn-remote: cannot unpack: (.+)", stderr)
+    if code == UNWRITABLE and unpack:
+        return f"cannot unpack the bundle on {device}: {unpack[1].strip()} (free space there, or set TMPDIR on it)"
+    killed = re.search(r"edgecnn-remote: runner killed by signal (\d+)", stderr)
+    if code == KILLED and killed:
+        return f"the runner on {device} was killed by {_signal(int(killed[1]))} mid-run; no result"
     if code == 127 or "command not found" in stderr or ("No such file or directory" in stderr and python in stderr):
         return f"{device} has no {python}: install Python 3 there (sudo apt install python3) or pass its path"
     old = re.search(r"edgecnn-remote: python (\d+\.\d+)", stderr)
@@ -199,6 +254,17 @@ def _failure(device: str, python: str, code: int, stderr: str) -> str:
     if error:
         return f"on {device}: {error[1]}"
     return f"the runner failed on {device} (exit {code}): {_last(stderr)}"
+
+
+def _signal(number: int) -> str:
+    """SIGKILL and SIGILL with what they usually mean on a board; any other signal by name."""
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+    hints = {signal.SIGKILL: " (out of memory?)",
+             signal.SIGILL: " (an instruction this CPU lacks: was the bundle compiled for this board's target?)"}
+    return name + hints.get(number, "")
 
 
 def _cleanup(device: str, python: str, token: str, ssh_options: Sequence[str], connect_timeout: int) -> None:

@@ -16,7 +16,6 @@ interrupted compile leaves nothing that looks like a bundle.
 from __future__ import annotations
 
 import importlib
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,21 +66,23 @@ def supports(backend: str, precision: str) -> bool:
     return compiler(backend).supports(precision)
 
 
-def compile_model(model: str | Path, target, *, backend: str | None = None, precision: str = "fp32",
+def compile_model(model: str | Path, target, *, backend: str | None = None, precision: str | None = None,
                   output_dir: str | Path | None = None, tune: bool = False, trials: int = DEFAULT_TRIALS,
                   calib: str | Path | None = None, weights: str | Path = "demo", verify: bool = True,
-                  log: Callable[[str], None] | None = None) -> CompileResult:
+                  contract: dict | None = None, log: Callable[[str], None] | None = None) -> CompileResult:
     """Compile `model` for `target` into a verified bundle; reuse the cached one when nothing changed.
 
     model: zoo reference (NAME or NAME:key=value; `weights` demo/random/imagenet/.weights.h5), a
     .keras/.h5 file, an .onnx or a .tflite file (files take preprocessing etc. from a <model>.json
     sidecar). target: a name, alias, .toml path or Target. backend: tflite | onnx | tvm, default the
-    target's first runtime. precision: fp32 | fp16 (tflite) | int8 (tflite, onnx; through
-    edgecnn.quantize, or an already-int8 file). tune/trials: MetaSchedule for tvm on the host.
+    target's first backend. precision: fp32 | fp16 (tflite) | int8 (tflite, onnx; through
+    edgecnn.quantize, or an already-int8 file); default: a model file's own precision (what the backend
+    makes of it), fp32 for Keras models. tune/trials: MetaSchedule for tvm on the host.
     calib: calibration set for int8 (default for demo models: demo-<task>), also the verification
     images. output_dir: where the bundle folder goes (default: it stays in the cache).
     """
-    from edgecnn.compile.job import Job
+    from edgecnn.compile.job import Job, check_calibration
+    from edgecnn.paths import check_cache_root, work_dir
     from edgecnn.source import load_source
     from edgecnn.targets import Target, get_target
 
@@ -92,22 +93,28 @@ def compile_model(model: str | Path, target, *, backend: str | None = None, prec
     comp = compiler(backend)
     if backend not in t.backends:
         raise TargetError(f"target {t.name} cannot run the {backend} backend (its backends: {', '.join(t.backends)})")
-    if precision not in Precision.values():
-        raise EdgecnnError(f"unknown precision {precision!r}; known: {', '.join(Precision.values())}")
-    comp.refuse_precision(precision)  # decided by the arguments alone: before the model is loaded
+    if precision is not None:
+        if precision not in Precision.values():
+            raise EdgecnnError(f"unknown precision {precision!r}; known: {', '.join(Precision.values())}")
+        comp.refuse_precision(precision)  # decided by the arguments alone: before the model is loaded
     if tune and backend != Backend.TVM.value:
         raise EdgecnnError(f"--tune tunes TVM kernels; the {backend} backend has nothing to tune (use --backend tvm)")
     if output_dir is not None:
         cache.check_output_dir(Path(output_dir))
+    check_cache_root()
     say(f"loading {model}")
-    source = load_source(model, weights)
+    source = load_source(model, weights, contract=contract)
+    if precision is None:  # a file passes through at its own precision (fp16, int8) without a flag
+        precision = comp.made_from(source)
+        comp.refuse_precision(precision)
     job = Job(source, t, backend, precision, calib, tune, trials, say)
     comp.check(job)
+    check_calibration(job)
     key = cache.bundle_key(_key_parts(job, comp))
     bundle, cached = cache.lookup(key), True
     if bundle is None:
         cached = False
-        with cache.building(key) as folder, tempfile.TemporaryDirectory(prefix="edgecnn-compile-") as work:
+        with cache.building(key) as folder, work_dir("compile") as work:
             _build(job, comp, key, folder, Path(work), verify)
         bundle = cache.lookup(key)
         if bundle is None:  # the folder was renamed into place a moment ago

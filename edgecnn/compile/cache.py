@@ -6,7 +6,8 @@ data, the versions of every tool used, the tuning database when tuned, the
 calibration set for int8, and the compile code itself (edgecnn/compile/*.py and
 the manifest schema). Bundles live in cache_dir("bundles")/<key> and are
 written through paths.atomic_dir, so a folder there with a manifest.json is
-always complete.
+always complete. Copied out to -o only over a new or empty folder or an older
+bundle (check_output_dir): edgecnn never deletes a file it did not write.
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from edgecnn.artifacts import MANIFEST, Bundle, load_bundle
-from edgecnn.errors import EdgecnnError, ModelError
-from edgecnn.paths import atomic_dir, cache_dir
+from edgecnn.errors import ModelError
+from edgecnn.paths import PathError, atomic_dir, cache_dir, check_output
 
 KEY_CHARS = 32
 
@@ -97,15 +98,43 @@ def building(key: str) -> Iterator[Path]:
 
 
 def check_output_dir(dest: Path) -> None:
-    """Refuse to replace a folder that is not a bundle: -o must be a new, empty or bundle folder."""
-    if dest.exists() and not dest.is_dir():
-        raise EdgecnnError(f"output {dest} exists and is not a folder")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST).is_file():
-        raise EdgecnnError(f"output folder {dest} is not empty and not a bundle; pick a new or empty folder")
+    """-o of compile: a new or empty folder, or an edgecnn bundle, which is replaced as a whole.
+
+    Anything else is refused, naming the entries edgecnn did not write, and nothing is changed:
+    edgecnn never deletes a user's file.
+    """
+    check_output(dest, "dir", "--output", renamed=True)
+    if not dest.is_dir():
+        return
+    foreign = foreign_entries(dest)
+    if not foreign:
+        return
+    names = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    if (dest / MANIFEST).is_file() and MANIFEST not in foreign:
+        raise PathError(f"output folder {dest} is a bundle with entries edgecnn did not write ({names}); move them "
+                        "or pick a new or empty folder (nothing was changed)")
+    raise PathError(f"output folder {dest} is not empty and not a bundle ({names}); pick a new or empty folder "
+                    "(nothing was changed)")
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Names in `folder` that are not part of the edgecnn bundle there: all of them without a readable manifest.
+
+    A bundle is manifest.json plus the regular files its `files` lists (one missing is still ours).
+    """
+    names = sorted(p.name for p in folder.iterdir())
+    if MANIFEST not in names:
+        return names
+    try:
+        listed = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["files"].values()
+        ours = {MANIFEST, *(n for n in listed if isinstance(n, str))}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return names  # nothing there is known to be edgecnn's
+    return [n for n in names if n not in ours or (folder / n).is_symlink() or not (folder / n).is_file()]
 
 
 def copy_out(bundle: Bundle, dest: Path) -> Bundle:
-    """Copy a cached bundle to dest atomically (an existing bundle there is replaced as a whole)."""
+    """Copy a cached bundle to dest atomically (an existing bundle there is replaced as a whole, nothing else)."""
     dest = Path(dest)
     if dest.resolve() == bundle.path.resolve():
         return bundle

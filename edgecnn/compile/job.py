@@ -57,9 +57,14 @@ class Compiler:
     name: str = ""
     precisions: tuple[str, ...] = ()
     precision_advice: dict[str, str] = {}
+    formats: tuple[str, ...] = ("keras",)  # source kinds it builds without converting to another format
 
     def supports(self, precision: str) -> bool:
         return precision in self.precisions
+
+    def made_from(self, source: SourceModel) -> str:
+        """The precision this backend builds from `source` when none is asked for: a file's own."""
+        return source.precision if source.kind != "keras" else "fp32"
 
     def refuse_precision(self, precision: str) -> None:
         """ModelError when the backend does not build `precision`, with the advice."""
@@ -67,24 +72,30 @@ class Compiler:
             raise ModelError(self.precision_advice.get(
                 precision, f"the {self.name} backend builds {', '.join(self.precisions)}, not {precision}"))
 
+    def __init__(self, module: Any = None):
+        # The backend module's check/tools/build/host_runner functions are its steps, looked up at call
+        # time (so a test can replace one); a backend with no module overrides the methods instead.
+        self.module = module
+
     def check(self, job: Job) -> None:
         """Refuse what this backend cannot build, before any heavy work."""
-        raise NotImplementedError
+        self.module.check(job)
 
     def tools(self, job: Job) -> dict[str, str]:
         """Versions of every tool that decides the bundle's bytes."""
-        raise NotImplementedError
+        return self.module.tools(job)
 
     def key_parts(self, job: Job) -> dict[str, Any]:
         """What besides source, target, precision and tools decides the bundle's bytes."""
         return {}
 
     def build(self, job: Job, out: Path, work: Path) -> Built:
-        raise NotImplementedError
+        """Write the bundle's files into `out` (a temporary folder until the manifest is written)."""
+        return self.module.build(job, out, work)
 
     def host_runner(self, folder: Path, built: Built) -> Callable:
         """A predictor (N,H,W,C) -> outputs running the built files on this machine."""
-        raise NotImplementedError
+        return self.module.host_runner(folder, built)
 
     def runner(self, folder: Path, built: Built, target) -> tuple[str, Callable | None, str]:
         """(mode, run, reason) for verification. Portable files (.tflite, .onnx) are the same bytes on every
@@ -92,15 +103,33 @@ class Compiler:
         return "host", self.host_runner(folder, built), ""
 
 
-def check_file_precision(src: SourceModel, precision: str, backend: str) -> None:
-    """A given .onnx/.tflite is compiled as it is: its precision must be the one asked for."""
+def check_file_precision(src: SourceModel, precision: str, backend: str, converts_to: tuple[str, ...] = ()) -> None:
+    """A given .onnx/.tflite keeps its own precision, except what this backend makes of an fp32 file.
+
+    An fp32 file can always become int8 (edgecnn.quantize calibrates it); `converts_to` lists what
+    else the backend's converter writes from fp32 (onnx2tf's fp16 for the tflite backend).
+    """
     if src.kind == "keras" or src.precision == precision:
         return
-    if src.precision == "fp32" and precision == "int8" and src.kind == "onnx":
-        return  # a float ONNX file is quantized by edgecnn.quantize
+    if src.precision == "fp32" and (precision == "int8" or precision in converts_to):
+        return
     raise ModelError(f"{Path(src.ref).name} is already {src.precision}; compile it with --precision {src.precision}"
                      + ("" if src.precision != "fp32" else f" or quantize its Keras source for {precision}")
                      + f" ({backend} takes the file as it is)")
+
+
+def check_calibration(job: Job) -> None:
+    """int8 from a float model needs calibration images; only demo models may use the demo set.
+
+    Checked before the bundle key is computed, because that key hashes the calibration images and the
+    demo set would be generated for it.
+    """
+    from edgecnn.errors import DataError
+
+    src = job.source
+    if job.precision == "int8" and src.precision != "int8" and job.calib is None and not src.demo:
+        raise DataError(f"int8 needs calibration images for {src.name}: pass --calib (a named set under "
+                        "calibration/ or a folder of images)")
 
 
 def quantize_int8(job: Job, backend: str, work: Path) -> tuple[Path, dict]:
@@ -110,24 +139,14 @@ def quantize_int8(job: Job, backend: str, work: Path) -> tuple[Path, dict]:
     anything else needs a calibration set, because ranges from the wrong images
     would quietly ruin accuracy.
     """
-    import warnings
-
-    from edgecnn.errors import DataError
     from edgecnn.quantize import quantize
 
     src = job.source
-    calib = job.calib
-    if calib is None:
-        if not src.demo:
-            raise DataError(f"int8 needs calibration images for {src.name}: pass --calib (a named set under "
-                            "calibration/ or a folder of images)")
-        calib = f"demo-{src.task}"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # its notes come back in result.warnings, logged once below
-        result = quantize(src, calib, work / "quantized", backend=backend, weights=src.weights or "demo",
-                          log=lambda msg: job.log(f"quantize: {msg}"))
-    for note in result.warnings:
-        job.log(f"quantize: note: {note}")
+    check_calibration(job)
+    calib = job.calib if job.calib is not None else f"demo-{src.task}"
+    # Its notes are warned as they are made (the CLI prints them then, even when the quantize fails).
+    result = quantize(src, calib, work / "quantized", backend=backend, weights=src.weights or "demo",
+                      log=lambda msg: job.log(f"quantize: {msg}"))
     info = {"quantization": {"calibration": result.calibration, "validation": result.validation,
                              "accuracy": result.accuracy, "outputs": result.outputs,
                              "settings": result.settings, "warnings": result.warnings}}

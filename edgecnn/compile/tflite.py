@@ -10,6 +10,7 @@ so the bundle is verified on the host with the very bytes the board loads.
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +26,19 @@ MODEL_FILE = "model.tflite"
 
 def check(job: Job) -> None:
     """Refuse what this backend cannot build, before any heavy work."""
-    if job.source.kind == "onnx":
-        raise ModelError(f"the tflite backend converts Keras models; {job.source.ref} is ONNX: use --backend onnx "
-                         "or --backend tvm")
-    check_file_precision(job.source, job.precision, "tflite")
+    src = job.source
+    if src.kind == "onnx" and src.precision != "fp32":
+        raise ModelError(f"{src.ref} is a {src.precision} ONNX model; onnx2tf converts float graphs: use "
+                         "--backend onnx for it, or give the float export")
+    check_file_precision(src, job.precision, "tflite", converts_to=("fp16",) if src.kind == "onnx" else ())
 
 
 def tools(job: Job) -> dict[str, str]:
     dists = ["ai-edge-litert"] + (["tensorflow", "tensorflow-cpu"] if job.source.kind == "keras" else [])
+    if job.source.kind == "onnx":
+        dists += ["onnx2tf", "tensorflow", "tensorflow-cpu"]
+    if job.precision == "int8" and job.source.kind != "keras":
+        dists += ["ai-edge-quantizer"]
     return tool_versions(dists)
 
 
@@ -41,10 +47,17 @@ def build(job: Job, out: Path, work: Path) -> Built:
     from edgecnn.frameworks.tf import tflite_float, tflite_fp16
 
     src, info = job.source, {}
-    if src.kind == "tflite":
-        shutil.copyfile(src.path, out / MODEL_FILE)
-    elif job.precision == "int8":
+    if job.precision == "int8" and src.precision != "int8":
         path, info = _quantized(job, work)
+        shutil.copyfile(path, out / MODEL_FILE)
+    elif src.kind == "tflite":
+        shutil.copyfile(src.path, out / MODEL_FILE)
+    elif src.kind == "onnx":
+        from edgecnn.frameworks.convert import onnx_to_tflite
+
+        job.log(f"tflite: converting {src.name} from ONNX with onnx2tf ({job.precision})")
+        path = onnx_to_tflite(src.path, work / "onnx2tf", input_shape=src.static_shape, precision=job.precision,
+                              layout=src.layout)
         shutil.copyfile(path, out / MODEL_FILE)
     else:
         job.log(f"tflite: converting {src.name} ({job.precision})")
@@ -90,18 +103,7 @@ class TFLiteCompiler(Compiler):
 
     name = Backend.TFLITE.value
     precisions = (Precision.FP32.value, Precision.FP16.value, Precision.INT8.value)
-
-    def check(self, job: Job) -> None:
-        check(job)
-
-    def tools(self, job: Job) -> dict[str, str]:
-        return tools(job)
-
-    def build(self, job: Job, out: Path, work: Path) -> Built:
-        return build(job, out, work)
-
-    def host_runner(self, folder: Path, built: Built):
-        return host_runner(folder, built)
+    formats = ("keras", "tflite")
 
 
-COMPILER = TFLiteCompiler()
+COMPILER = TFLiteCompiler(sys.modules[__name__])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -120,7 +121,27 @@ def import_module(job: Job, work: Path):
     from tvm.relax.frontend.onnx import from_onnx
 
     job.log("tvm: importing the ONNX graph into Relax")
-    mod = _imported(lambda: from_onnx(model, shape_dict={inputs[0].name: src.static_shape}), src.name, "ONNX")
+    shape = {inputs[0].name: src.static_shape}
+    graph = {"model": model}
+
+    def attempt():
+        try:
+            return from_onnx(graph["model"], shape_dict=shape)
+        except TypeError as e:
+            if src.kind != "keras":
+                raise
+            # tf2onnx leaves a Reshape's target as a computed (Shape -> Concat) tensor in some exports, which
+            # Relax cannot take: import the same graph bound to batch 1 and constant-folded by onnxslim.
+            from edgecnn.frameworks.onnx_graph import bind_and_simplify
+
+            job.log(f"tvm: the tf2onnx graph does not import as it is ({_first_line(e)}); importing it "
+                    "constant-folded (onnxslim)")
+            bind_and_simplify(path, work / "folded.onnx", src.static_shape)
+            graph["model"] = onnx.load(str(work / "folded.onnx"))
+            return from_onnx(graph["model"], shape_dict=shape)
+
+    mod = _imported(attempt, src.name, "ONNX")
+    model = graph["model"]
     return mod, [o.name for o in model.graph.output]
 
 
@@ -187,7 +208,7 @@ def build(job: Job, out: Path, work: Path) -> Built:
             executable.export_library(str(path))
     except (RuntimeError, OSError) as e:
         raise ToolError(f"linking {MODEL_FILE} for {job.target.name} failed: {_first_line(e)}") from None
-    inputs = [TensorSpec("input", job.source.static_shape, "float32", "NHWC")]
+    inputs = [TensorSpec("input", job.source.static_shape, "float32", job.source.layout)]
     outputs = _output_specs(mod, output_names)
     options = {"device": "cuda" if target.kind.name == "cuda" else "cpu", "entry": "main",
                "threads": job.target.cores}
@@ -318,9 +339,13 @@ def host_runner(bundle_dir: Path, built: Built):
     import tvm
     from tvm import relax
 
+    from edgecnn.runner.tensors import to_layout
+
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(bundle_dir / built.files["model"])), tvm.cpu())
+    layout = built.inputs[0].layout
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
+        batch = to_layout(np.asarray(batch), layout)  # NHWC images, as verification and the runner give them
         results = []
         for i in range(len(batch)):
             y = vm["main"](tvm.runtime.tensor(np.ascontiguousarray(batch[i:i + 1], np.float32)))
@@ -332,12 +357,14 @@ def host_runner(bundle_dir: Path, built: Built):
 
 def emulated_runner(bundle_dir: Path, built: Built, target):
     """model.so run by the guest's TVM runtime under qemu with the target's core."""
-    import tempfile
-
     from edgecnn.emulate.run import run_python
+    from edgecnn.paths import work_dir
+
+    from edgecnn.runner.tensors import to_layout
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
-        with tempfile.TemporaryDirectory(prefix="edgecnn-tvm-verify-") as tmp:
+        batch = to_layout(np.asarray(batch), built.inputs[0].layout)
+        with work_dir("tvm-verify") as tmp:
             np.save(Path(tmp) / "images.npy", np.ascontiguousarray(batch, np.float32))
             # A copy, not the file itself: run from this folder, `import tvm` would find this module.
             script = Path(tmp) / "run_tvm.py"
@@ -371,16 +398,11 @@ class TvmCompiler(Compiler):
 
     name = Backend.TVM.value
     precisions = (Precision.FP32.value,)
+    formats = ("keras", "onnx", "tflite")
     precision_advice = {
         Precision.INT8.value: "the tvm backend gives no int8 (TVM 0.27 runs quantized graphs as float ops); for "
                               "int8 use --backend tflite (XNNPACK) or --backend onnx (onnxruntime)",
         Precision.FP16.value: "the tvm backend builds fp32 only; for fp16 weights use --backend tflite"}
-
-    def check(self, job: Job) -> None:
-        check(job)
-
-    def tools(self, job: Job) -> dict[str, str]:
-        return tools(job)
 
     def key_parts(self, job: Job) -> dict:
         """The completed TVM target (the host's CPU is part of what gets built) and, when tuning, the database."""
@@ -392,14 +414,8 @@ class TvmCompiler(Compiler):
             parts["tuning"] = {"trials": job.trials, "database": database_state(folder)}
         return parts
 
-    def build(self, job: Job, out: Path, work: Path) -> Built:
-        return build(job, out, work)
-
-    def host_runner(self, folder: Path, built: Built):
-        return host_runner(folder, built)
-
     def runner(self, folder: Path, built: Built, target):
         return runner_for(folder, built, target)
 
 
-COMPILER = TvmCompiler()
+COMPILER = TvmCompiler(sys.modules[__name__])

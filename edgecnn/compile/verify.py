@@ -112,7 +112,8 @@ def source_predictor(source) -> Predict:
     if source.kind == "onnx":
         from edgecnn.frameworks.ort import predictor
 
-        return predictor(source.path)
+        # The user's own file, not the intake copy the bundle was built from: that is what is verified.
+        return predictor(source.file or source.path, layout=source.layout)
     from edgecnn.frameworks.litert import predictor
 
     return predictor(source.path.read_bytes())

@@ -37,6 +37,9 @@ def calibration_root() -> Path:
 
 def list_images(folder: Path) -> list[Path]:
     """Image files under a folder (recursively), sorted for a stable order."""
+    if folder.exists() and not folder.is_dir():
+        raise DataError(f"calibration set {folder} is a file, not a folder of images (or a named set under "
+                        "calibration/)")
     if not folder.is_dir():
         raise DataError(f"calibration folder not found: {folder}")
     images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -47,9 +50,13 @@ def list_images(folder: Path) -> list[Path]:
 
 def _read_manifest(path: Path) -> dict:
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as e:
         raise DataError(f"{path}: not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not UTF-8 text (byte {e.start}); TOML files are UTF-8") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror or e}") from None
     for key, value in data.items():
         if key not in _KEYS:
             raise DataError(f"{path}: unknown key '{key}' (known: {', '.join(_KEYS)})")
@@ -58,6 +65,8 @@ def _read_manifest(path: Path) -> dict:
     for key in ("name", "source", "count"):
         if key not in data:
             raise DataError(f"{path}: missing required key '{key}'")
+    if data["count"] < 1:
+        raise DataError(f"{path}: 'count' must be at least 1, got {data['count']}")
     return data
 
 

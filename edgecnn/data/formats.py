@@ -364,24 +364,42 @@ def _coco_json_in(root: Path, split: str | None) -> Path | None:
     return found[0] if found else None
 
 
+def dataset_layout(path: PathLike, split: str | None = None) -> str:
+    """Which layout `path` holds ("coco", "voc", "yolo", "class_folders"), from names alone; DataError otherwise.
+
+    Cheap (no annotation or image is read), so a command checks its data argument before any work.
+    """
+    path = Path(path)
+    try:
+        if not path.exists():
+            raise DataError(f"data set not found: {path}")
+        if path.is_file():
+            if path.suffix.lower() == ".json":
+                return "coco"
+            raise DataError(f"{path}: not a data set; expected {FORMATS_HELP}")
+        if (path / "Annotations").is_dir():
+            return "voc"
+        if (path / "labels").is_dir():
+            return "yolo"
+        # Before class folders: a COCO folder's images/ subfolder would look like a single class.
+        if _coco_json_in(path, split) is not None:
+            return "coco"
+        subfolders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        if subfolders and any(_images_in(p) for p in subfolders):
+            return "class_folders"
+    except PermissionError as e:
+        raise DataError(f"cannot read data set {path}: {e.strerror}") from None
+    raise DataError(f"{path}: unrecognised data set layout; expected {FORMATS_HELP}")
+
+
 def load_dataset(path: PathLike, split: str | None = None) -> DetectionDataset | ClassificationDataset:
     """Detect the layout at path and load it; see FORMATS_HELP for what is accepted."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"data set not found: {path}")
-    if path.is_file():
-        if path.suffix.lower() == ".json":
-            return load_coco_json(path)
-        raise DataError(f"{path}: not a data set; expected {FORMATS_HELP}")
-    if (path / "Annotations").is_dir():
+    layout = dataset_layout(path, split)
+    if layout == "voc":
         return load_voc(path, split)
-    if (path / "labels").is_dir():
+    if layout == "yolo":
         return load_yolo_txt(path, split or "val")
-    # Before class folders: a COCO folder's images/ subfolder would look like a single class.
-    coco = _coco_json_in(path, split)
-    if coco is not None:
-        return load_coco_json(coco)
-    subfolders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    if subfolders and any(_images_in(p) for p in subfolders):
-        return load_class_folders(path)
-    raise DataError(f"{path}: unrecognised data set layout; expected {FORMATS_HELP}")
+    if layout == "coco":
+        return load_coco_json(path if path.is_file() else _coco_json_in(path, split))
+    return load_class_folders(path)

@@ -8,7 +8,8 @@ The stages (quantize, compile, prune) load and run model files through these and
 nothing else. Each module imports its framework inside the functions that need
 it, so importing edgecnn.frameworks costs nothing. The board-side runner does not
 use this package (it must run without TensorFlow); what both share, the int8
-(de)quantization and the image-by-image loop, lives in edgecnn.runner.tensors.
+(de)quantization and the image-by-image loop, lives in edgecnn.runner.tensors;
+the log filter both use lives in edgecnn.logfilter.
 """
 
 from __future__ import annotations
@@ -18,26 +19,27 @@ import io
 import os
 import sys
 
+from edgecnn.logfilter import native_logs
+
 
 @contextlib.contextmanager
-def quiet(stderr: bool = False):
-    """Keep stdout for results: Keras' export prints every captured variable, the C++ quantizer its settings.
+def quiet(stderr: bool = True):
+    """Keep stdout for results and stderr for edgecnn's own lines while a framework runs.
 
-    The C++ side writes to file descriptor 1 directly, so redirect that, not only
-    sys.stdout; with stderr=True descriptor 2 too (LiteRT's delegate banner).
+    Keras' export prints every captured variable and the C++ side writes to file
+    descriptor 1 directly, so descriptor 1 goes to /dev/null, not only sys.stdout.
+    With stderr=True descriptor 2 goes through edgecnn.logfilter, the one filter
+    the CLI and the runner use too: the delegate banner, the quantizer's settings
+    and absl's lines are dropped, any other line (a real error) still shows.
     """
-    fds = (1, 2) if stderr else (1,)
     sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in fds}
+    saved = os.dup(1)
     try:
         with open(os.devnull, "wb") as null:
-            for fd in fds:
-                os.dup2(null.fileno(), fd)
-        with contextlib.redirect_stdout(io.StringIO()):
+            os.dup2(null.fileno(), 1)
+        with native_logs() if stderr else contextlib.nullcontext(), contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         sys.stdout.flush()
-        for fd, copy in saved.items():
-            os.dup2(copy, fd)
-            os.close(copy)
+        os.dup2(saved, 1)
+        os.close(saved)

@@ -33,10 +33,10 @@ def interpreter(model: bytes | Path | str, threads: int = 1, delegates: bool = T
 
     resolver = OpResolverType.AUTO if delegates else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
     try:
-        with quiet(stderr=True):  # 'INFO: Created TensorFlow Lite XNNPACK delegate' on every load
+        with quiet():  # 'INFO: Created TensorFlow Lite XNNPACK delegate' on every load
             it = Interpreter(**_content(model), num_threads=threads, experimental_op_resolver_type=resolver,
                              experimental_preserve_all_tensors=keep_tensors)
-        it.allocate_tensors()
+            it.allocate_tensors()
         return it
     except (ValueError, RuntimeError) as e:
         raise ModelError(f"LiteRT cannot load the TFLite model: {e}") from None

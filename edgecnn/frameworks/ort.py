@@ -33,16 +33,20 @@ def session(model: bytes | Path | str, threads: int = 1):
         raise ModelError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
 
 
-def predictor(model: bytes | Path | str, threads: int = 1) -> Callable[[np.ndarray], list[np.ndarray]]:
-    """batch (N, H, W, 3) float32 -> list of float32 outputs; in one call where the batch dimension is free."""
-    from edgecnn.runner.tensors import per_image
+def predictor(model: bytes | Path | str, threads: int = 1,
+              layout: str = "NHWC") -> Callable[[np.ndarray], list[np.ndarray]]:
+    """batch (N, H, W, 3) float32 images -> list of float32 outputs; in one call where the batch is free.
+
+    layout: the model's input layout; an NCHW model gets the images transposed, as the runner does.
+    """
+    from edgecnn.runner.tensors import per_image, to_layout
 
     sess = session(model, threads)
     name = sess.get_inputs()[0].name
     fixed_batch = isinstance(sess.get_inputs()[0].shape[0], int)
 
     def run(batch: np.ndarray) -> list[np.ndarray]:
-        batch = np.ascontiguousarray(batch, np.float32)
+        batch = np.ascontiguousarray(to_layout(np.asarray(batch, np.float32), layout))
         if not fixed_batch:
             return [np.asarray(o, np.float32) for o in sess.run(None, {name: batch})]
         return [o.astype(np.float32) for o in per_image(lambda x: sess.run(None, {name: x}), batch)]

@@ -1,10 +1,11 @@
 """Keras models out to the runtimes: TensorFlow's TFLite converter and tf2onnx.
 
 Every TFLite conversion goes through `convert`, so a model the converter cannot
-handle is one ModelError naming the step, and the converter's chatter never
-reaches stdout. The ONNX export fixes what the rest of edgecnn relies on: an
-NHWC float input named "input" with a free batch dimension, opset 17 (checked
-with TF 2.21 / Keras 3 / protobuf 7).
+handle is one ModelError naming the step, the converter's chatter never
+reaches stdout, and its log lines never stderr (frameworks.quiet). The ONNX
+export fixes what the rest of edgecnn relies on: an NHWC float input named
+"input" with a free batch dimension, opset 17 (checked with TF 2.21 / Keras 3 /
+protobuf 7).
 """
 
 from __future__ import annotations

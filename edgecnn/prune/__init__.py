@@ -20,12 +20,13 @@ import gzip
 import hashlib
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Callable
 
-from edgecnn.errors import AccuracyError, DataError, EdgecnnError, ModelError
+from edgecnn.errors import AccuracyError, DataError, EdgecnnError, EdgecnnWarning, ModelError
 from edgecnn.kinds import PruneImportance as Importance, PruneMethod as Method, PruneScope as Scope
 
 __all__ = ["Importance", "Method", "PruneResult", "Scope", "prune"]
@@ -105,7 +106,7 @@ def prune(model: str | Path, method: str, ratio: float, *, importance: str = "l1
           finetune_epochs: int = 3, data: str | Path | None = None, val: str | Path | None = None,
           weights: str | Path = "demo", output_dir: str | Path, learning_rate: float = FINETUNE_LR,
           max_drop: float | None = None, threads: int = 1, runs: int = 200,
-          log: Callable[[str], None] | None = None) -> PruneResult:
+          contract: dict | None = None, log: Callable[[str], None] | None = None) -> PruneResult:
     """Prune `model` (zoo reference or .keras/.h5 file with its <model>.json sidecar), fine-tune, measure, write.
 
     method "channel": ratio = share of the prunable channels removed (rounded so every
@@ -116,7 +117,7 @@ def prune(model: str | Path, method: str, ratio: float, *, importance: str = "l1
     its checkpoint in cache_dir("prune") when interrupted. max_drop: allowed accuracy loss in
     points; past it AccuracyError and nothing is written. threads: LiteRT threads for latency.
     """
-    from edgecnn.paths import cache_dir
+    from edgecnn.paths import cache_dir, check_cache_root, check_output
     from edgecnn.prune import measure
     from edgecnn.runner.metrics import accuracy_drop
     from edgecnn.source import load_source
@@ -128,15 +129,29 @@ def prune(model: str | Path, method: str, ratio: float, *, importance: str = "l1
     importance = _choice(Importance, importance, "importance")
     scope = _choice(Scope, scope, "scope")
     if not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
-        raise EdgecnnError(f"ratio must be between 0 and 1 (exclusive), got {ratio}")
+        raise EdgecnnError(f"--ratio must be between 0 and 1 (exclusive), got {ratio}")
     if method == Method.MAGNITUDE and importance == Importance.BN:
         raise EdgecnnError("importance 'bn' ranks channels; magnitude pruning ranks single weights by |w| (use l1)")
-    if finetune_epochs < 0 or threads < 1 or runs < 1:
-        raise EdgecnnError("finetune_epochs must be >= 0, threads and runs >= 1")
+    # Each check names the one option that is wrong, as the CLI spells it (runs= has no flag).
+    for flag, value, least in (("--finetune-epochs", finetune_epochs, 0), ("--threads", threads, 1),
+                               ("runs", runs, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise EdgecnnError(f"{flag} must be an integer of at least {least}, got {value!r}")
     if max_drop is not None and not max_drop >= 0:
-        raise EdgecnnError(f"max_drop must be a number of points >= 0, got {max_drop}")
+        raise EdgecnnError(f"--max-drop must be a number of points >= 0, got {max_drop}")
+    check_output(output_dir, "dir", "--output")
+    check_cache_root()
+    # The data paths are decided by the arguments alone: refused before the model is loaded.
+    from edgecnn.data.formats import dataset_layout
 
-    source = load_source(model, weights=weights)
+    for flag, path in (("--data", data if finetune_epochs else None), ("--val", val)):
+        if path is not None and str(path) != "demo":
+            try:
+                dataset_layout(path)
+            except DataError as e:
+                raise DataError(f"{flag}: {e}") from None
+
+    source = load_source(model, weights=weights, contract=contract)
     if source.keras_model is None:
         raise ModelError(f"pruning needs a Keras model; {source.ref} is {_KIND_WORDS[source.kind]} (prune its Keras source)")
     original = source.keras_model
@@ -152,6 +167,7 @@ def prune(model: str | Path, method: str, ratio: float, *, importance: str = "l1
     notes: list[str] = []
     if val_ds is None:
         notes.append("no labelled validation data: accuracy not measured (pass val=/--val)")
+        warnings.warn(notes[-1], EdgecnnWarning, stacklevel=2)  # shown now: a later failure must not hide it
 
     channels = sparsity = None
     if method == Method.CHANNEL:

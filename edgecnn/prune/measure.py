@@ -8,11 +8,12 @@ makes both models see the same drift. The median is the figure to compare.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from edgecnn.paths import work_dir
 
 
 def clean_copy(model):
@@ -26,7 +27,7 @@ def clean_copy(model):
 
 def keras_bytes(model) -> bytes:
     """The .keras file of an uncompiled copy of `model`."""
-    with tempfile.TemporaryDirectory(prefix="edgecnn-prune-") as tmp:
+    with work_dir("prune") as tmp:
         path = Path(tmp) / "model.keras"
         clean_copy(model).save(path)
         return path.read_bytes()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 import types
 import warnings
@@ -26,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from edgecnn.errors import AccuracyError, DataError, EdgecnnError, ModelError
-from edgecnn.quantize.backends import BACKENDS, Backend, IOType, Method, check_options
+from edgecnn.errors import AccuracyError, DataError, EdgecnnError, EdgecnnWarning, ModelError
+from edgecnn.quantize.backends import Backend, IOType, Method, check_options, open_backend
 
 __all__ = ["Backend", "IOType", "Method", "QuantizeResult", "quantize"]
 
@@ -68,7 +67,7 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
              per_channel: bool = True, method: str = "minmax", io: str | None = None,
              max_drop: float | None = None, fallback: bool = False, weights: str | Path = "demo",
              preprocessing=None, val: str | Path | None = None, val_limit: int | None = None,
-             sensitivity_samples: int = 32, top_layers: int = 10,
+             sensitivity_samples: int = 32, top_layers: int = 10, contract: dict | None = None,
              log: Callable[[str], None] | None = None) -> QuantizeResult:
     """Quantize a model to int8, validate it against its fp32 form, write both plus a JSON report.
 
@@ -81,10 +80,10 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
     to keep in float that bring it inside.
     """
     from edgecnn.data.calibration import load_calibration_set
-    from edgecnn.paths import atomic_write_bytes
+    from edgecnn.paths import atomic_write_bytes, check_cache_root, check_output, work_dir
     from edgecnn.quantize import sensitivity as sens
     from edgecnn.quantize import validate as v
-    from edgecnn.quantize.calibration import build_calibration, check_disjoint, check_input
+    from edgecnn.quantize.calibration import build_calibration, check_disjoint
     from edgecnn.runner.metrics import accuracy_drop, describe_accuracy, primary_metric
     from edgecnn.source import load_source
 
@@ -96,19 +95,28 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
     if fallback and max_drop is None:
         raise EdgecnnError("--fallback needs --max-drop: it keeps layers in float until the drop is inside it")
     if val_limit is not None and val_limit < 1:
-        raise EdgecnnError(f"val_limit must be at least 1, got {val_limit}")
+        raise EdgecnnError(f"--val-limit must be 1 or more, got {val_limit}")
+    check_output(output_dir, "dir", "--output")
+    check_cache_root()
     notes: list[str] = []
 
-    def note(msg: str) -> None:  # warned at once, so a later error does not swallow it
+    def note(msg: str) -> None:  # warned at once (the CLI prints it then), so a later error does not swallow it
         notes.append(msg)
-        warnings.warn(msg, UserWarning, stacklevel=3)
+        warnings.warn(msg, EdgecnnWarning, stacklevel=3)
 
-    source = load_source(model, weights=weights, preprocessing=preprocessing)
-    if source.kind == "tflite":
-        raise ModelError(f"{Path(source.ref).name} is already a TFLite flatbuffer; quantize from its Keras (.keras) "
-                         "or ONNX source")
-    check_input(source.name, source.input_shape, source.preprocessing)
+    # What the paths alone decide, before the model is loaded (seconds for a large Keras model).
     cset = load_calibration_set(calib)
+    if val is not None:
+        from edgecnn.data.formats import dataset_layout
+
+        try:
+            dataset_layout(val)
+        except DataError as e:
+            raise DataError(f"--val: {e}") from None
+    source = load_source(model, weights=weights, preprocessing=preprocessing, contract=contract)
+    if source.kind == "tflite" and backend != "tflite":
+        raise ModelError(f"{Path(source.ref).name} is a TFLite flatbuffer: quantize it with --backend tflite "
+                         "(ai-edge-quantizer), or give its ONNX export for --backend onnx")
     if cset.task and cset.task != source.task:
         raise DataError(f"calibration set '{cset.name}' is for {cset.task}, but {source.name} is a "
                         f"{source.task} model")
@@ -134,9 +142,8 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         note(f"calibrating on {len(data)} images; at least 200 are recommended (int8 ranges from a "
              "handful of images are fragile)")
 
-    work_dir = tempfile.TemporaryDirectory(prefix="edgecnn-quantize-")
-    with work_dir as work:
-        session = BACKENDS[backend](source, data, Path(work), per_channel, method, io)
+    with work_dir("quantize") as work:
+        session = open_backend(backend, source, data, Path(work), per_channel, method, io)
         say(f"{backend}: exporting fp32")
         fp32_model = session.export_float()
         say(f"{backend}: calibrating on {len(data)} images and quantizing")
@@ -159,8 +166,9 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
 
         if max_drop is not None and drop > max_drop:
             if not fallback:
-                raise AccuracyError(f"{describe(q.accuracy, drop)}, past --max-drop {max_drop:g}; most sensitive "
-                                    f"layer {ranked[0].short} ({ranked[0].snr_db:.1f} dB): try --fallback")
+                worst = (f"; most sensitive layer {ranked[0].short} ({ranked[0].snr_db:.1f} dB)" if ranked else "")
+                raise AccuracyError(f"{describe(q.accuracy, drop)}, past --max-drop {max_drop:g}{worst}: "
+                                    "try --fallback")
             from edgecnn.quantize.fallback import Candidate, search
 
             found = search(session, Candidate(drop, int8_model, q), ranked, max_drop, method,

@@ -147,7 +147,7 @@ class ONNXSession(QuantizerBackend):
             self.float_path = source.onnx_path
         else:
             self.float_path = onnx_backend.export_float(source.keras_model, work)
-        self.calib = calib.renamed(onnx_backend.input_name(self.float_path))
+        self.calib = calib.renamed(onnx_backend.input_name(self.float_path), layout=source.layout)
         self._pre: Path | None = None
         self._last: Path | None = None
 
@@ -170,7 +170,7 @@ class ONNXSession(QuantizerBackend):
     def predictor(self, model: bytes) -> Predict:
         from edgecnn.frameworks.ort import predictor
 
-        return predictor(model)
+        return predictor(model, layout=self.source.layout)
 
     def output_names(self, model: bytes) -> list[str]:
         from edgecnn.frameworks.ort import output_names
@@ -186,7 +186,79 @@ class ONNXSession(QuantizerBackend):
         return self._o.short_name(layer)
 
 
+class TFLiteFileSession(QuantizerBackend):
+    """Full-integer TFLite of a model without a Keras source: an fp32 .tflite, or an ONNX export made TFLite
+    by onnx2tf; quantized by ai-edge-quantizer (edgecnn.frameworks.convert), which works on .tflite files.
+
+    One calibration method (min/max over the calibration images) and int8 model inputs/outputs; it keeps
+    no layer in float on request, so --fallback has nothing to search here.
+    """
+
+    suffix = ".tflite"
+    methods = (Method.MINMAX,)
+    io_types = (IOType.INT8,)
+    default_io = IOType.INT8
+
+    def __init__(self, source, calib: CalibrationData, work: Path, per_channel: bool, method: str, io: str):
+        from edgecnn.frameworks.litert import interpreter
+
+        self.source, self.work, self.per_channel = source, work, per_channel
+        if source.kind == "onnx":
+            from edgecnn.frameworks.convert import onnx_to_tflite
+
+            self.float_path = onnx_to_tflite(source.path, work / "onnx2tf", input_shape=source.static_shape,
+                                             layout=source.layout)
+        else:
+            self.float_path = source.path
+        name = interpreter(self.float_path).get_input_details()[0]["name"]
+        self.calib = calib.renamed(name, layout="NHWC")  # LiteRT files take NHWC images, onnx2tf's too
+
+    def export_float(self) -> bytes:
+        return self.float_path.read_bytes()
+
+    def use_method(self, method: str, percentile: float | None = None) -> None:
+        if method != Method.MINMAX.value:
+            raise EdgecnnError(f"ai-edge-quantizer calibrates {self.source.name} with min/max only, not {method}")
+
+    def quantize(self, float_layers: Sequence[str] = ()) -> bytes:
+        from edgecnn.frameworks.convert import quantize_tflite_int8
+
+        if float_layers:
+            raise EdgecnnError("the tflite backend keeps no layer of a .tflite/ONNX source in float; "
+                               "use --backend onnx for --fallback")
+        out = self.work / "int8.tflite"
+        return quantize_tflite_int8(self.float_path, self.calib, out, self.per_channel).read_bytes()
+
+    def predictor(self, model: bytes) -> Predict:
+        from edgecnn.frameworks.litert import predictor
+
+        return predictor(model)
+
+    def output_names(self, model: bytes) -> list[str]:
+        from edgecnn.frameworks.litert import output_names
+
+        return output_names(model)
+
+    def sensitivity(self, int8_model: bytes, samples: int) -> dict[str, float]:
+        return {}  # no per-layer measurement for this path: reported as none, never invented
+
+
 BACKENDS = {Backend.TFLITE.value: TFLiteSession, Backend.ONNX.value: ONNXSession}
+
+
+def open_backend(backend: str, source, calib: CalibrationData, work: Path, per_channel: bool, method: str,
+                 io: str) -> QuantizerBackend:
+    """The session for `backend` and this source: a file with no Keras source takes the .tflite file route."""
+    cls = BACKENDS[backend]
+    if cls is TFLiteSession and source.keras_model is None:
+        if source.kind == "tflite" and source.precision != "fp32":
+            raise ModelError(f"{source.ref} is already {source.precision}: there is nothing to quantize")
+        cls = TFLiteFileSession
+    if method not in {m.value for m in cls.methods} or io not in {t.value for t in cls.io_types}:
+        raise EdgecnnError(f"the {backend} backend quantizes {source.name} (a {source.kind} file) with "
+                           f"{'/'.join(m.value for m in cls.methods)} and {'/'.join(t.value for t in cls.io_types)} "
+                           "inputs/outputs only")
+    return cls(source, calib, work, per_channel, method, io)
 
 
 def check_options(backend: str, method: str, io: str | None) -> str:

@@ -16,32 +16,35 @@ import numpy as np
 
 from edgecnn.data.calibration import RECOMMENDED_MINIMUM, CalibrationSet
 from edgecnn.data.preprocess import Preprocessing
-from edgecnn.errors import DataError, ModelError
+from edgecnn.errors import DataError
 
 
 @dataclass(frozen=True)
 class CalibrationData:
-    """Preprocessed calibration images (N, H, W, 3) float32, fed one image per batch."""
+    """Preprocessed calibration images (N, H, W, 3) float32, fed one image per batch in the model's layout."""
 
     name: str
     input_name: str
     images: np.ndarray
     paths: tuple[Path, ...]
+    layout: str = "NHWC"  # the model input's layout: NCHW models get each batch transposed
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        from edgecnn.runner.tensors import to_layout
+
         for i in range(len(self.images)):
-            yield {self.input_name: self.images[i:i + 1]}
+            yield {self.input_name: np.ascontiguousarray(to_layout(self.images[i:i + 1], self.layout))}
 
     @property
     def too_small(self) -> bool:
         return len(self.images) < RECOMMENDED_MINIMUM
 
-    def renamed(self, input_name: str) -> "CalibrationData":
+    def renamed(self, input_name: str, layout: str | None = None) -> "CalibrationData":
         """The same images keyed by another input name (each backend names its input its own way)."""
-        return CalibrationData(self.name, input_name, self.images, self.paths)
+        return CalibrationData(self.name, input_name, self.images, self.paths, layout or self.layout)
 
     def representative_dataset(self):
         """TFLite's form: a factory of generators yielding [input array] per sample."""
@@ -67,25 +70,6 @@ class CalibrationData:
                 self._it = iter(data)
 
         return _Reader()
-
-
-def check_input(model_name: str, shape: Sequence[int | None], preprocessing: Preprocessing) -> None:
-    """ModelError when RGB images at the preprocessing size cannot feed an (N, H, W, C) input."""
-    shape = tuple(shape)
-    h, w = preprocessing.size
-    if len(shape) != 4:
-        raise ModelError(f"{model_name}: input shape {_fmt(shape)} is not an image batch (N, H, W, 3); "
-                         "edgecnn quantizes single-input NHWC image models")
-    if shape[3] not in (None, 3):
-        raise ModelError(f"{model_name}: input {_fmt(shape)} wants {shape[3]} channels, but calibration images "
-                         "are RGB (3 channels)")
-    if (shape[1] not in (None, h)) or (shape[2] not in (None, w)):
-        raise ModelError(f"{model_name}: input {_fmt(shape)} does not match the preprocessing size {h}x{w}; "
-                         "fix the model's preprocessing (size) to its input")
-
-
-def _fmt(shape) -> str:
-    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
 
 
 def build_calibration(calib: CalibrationSet, preprocessing: Preprocessing, input_name: str = "input",

@@ -36,10 +36,29 @@ def input_name(path: Path) -> str:
     return [v.name for v in model.graph.input if v.name not in weights][0]
 
 
+# Per-channel QDQ (DequantizeLinear's axis) exists from opset 13: older exports (Paddle's opset 11/12) are
+# lifted to it with onnx's own version converter before onnxruntime quantizes them.
+MIN_QDQ_OPSET = 13
+
+
 def preprocess(float_path: Path, work: Path) -> Path:
-    """onnxruntime's quant_pre_process: symbolic shape inference plus graph optimisation."""
+    """onnxruntime's quant_pre_process (symbolic shape inference plus graph optimisation), at opset >= 13."""
+    import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    model = onnx.load(str(float_path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), MIN_QDQ_OPSET)
+    if opset < MIN_QDQ_OPSET:
+        from onnx import version_converter
+
+        try:
+            model = version_converter.convert_version(model, MIN_QDQ_OPSET)
+        except Exception as e:  # noqa: BLE001 - the converter raises plain RuntimeErrors/ValueErrors per op
+            raise EdgecnnError(f"{float_path.name} is opset {opset}; int8 QDQ needs opset {MIN_QDQ_OPSET} and onnx's "
+                               f"version converter cannot lift it ({str(e).splitlines()[0][:120]}): re-export "
+                               f"it at opset {MIN_QDQ_OPSET} or newer") from None
+        float_path = work / "float-opset13.onnx"
+        onnx.save(model, str(float_path))
     out = work / "float-pre.onnx"
     quant_pre_process(str(float_path), str(out))
     return out
@@ -79,7 +98,8 @@ def layer_sensitivity(pre_path: Path, qdq_path: Path, calib: CalibrationData, wo
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
-    subset = CalibrationData(calib.name, calib.input_name, calib.images[:samples], calib.paths[:samples])
+    subset = CalibrationData(calib.name, calib.input_name, calib.images[:samples], calib.paths[:samples],
+                             calib.layout)
     acts = []
     for tag, path in (("qdq", qdq_path), ("float", pre_path)):
         augmented = work / f"{tag}-augmented.onnx"

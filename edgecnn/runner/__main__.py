@@ -1,7 +1,8 @@
 """`python -m edgecnn.runner BUNDLE [--data DIR] [--limit N] [--runs N] [--warmup N] [--threads N]`
 
 Prints one JSON object (see edgecnn.runner.run.run_bundle) on stdout. Anything
-the user can fix reads `Error: ...` on stderr with exit 1, no traceback. argparse,
+the user can fix reads `Error: ...` on stderr with exit 1, no traceback; Ctrl-C and
+SIGTERM end with `Error: interrupted` (130) / `Error: terminated` (143). argparse,
 not click: on the board this needs nothing beyond numpy and one runtime.
 """
 
@@ -42,14 +43,22 @@ def main(argv: list[str] | None = None) -> int:
         print("Error: the runner needs numpy: pip install 'edgecnn[runner]'", file=sys.stderr)
         return 1
     from edgecnn.errors import EdgecnnError
+    from edgecnn.logfilter import native_logs
+    from edgecnn.paths import Terminated, process_scope
     from edgecnn.runner.run import run_bundle
 
     try:
-        result = run_bundle(args.bundle, data=args.data, limit=args.limit, runs=args.runs, warmup=args.warmup,
-                            threads=args.threads)
+        # SIGTERM (a timeout on the board) unwinds like Ctrl-C; LiteRT's delegate banner is dropped from stderr
+        with process_scope(sweep=False), native_logs():
+            result = run_bundle(args.bundle, data=args.data, limit=args.limit, runs=args.runs,
+                                warmup=args.warmup, threads=args.threads)
     except EdgecnnError as e:
         print(f"Error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print("Error: terminated" if terminated else "Error: interrupted", file=sys.stderr)
+        return 143 if terminated else 130
     json.dump(result, sys.stdout, allow_nan=False)
     sys.stdout.write("\n")
     return 0

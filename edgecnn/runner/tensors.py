@@ -30,3 +30,10 @@ def per_image(run: Callable[[np.ndarray], Sequence[np.ndarray]], batch: np.ndarr
     """`run` on each image of `batch` as a batch of one; each output concatenated back over the batch."""
     parts = [run(batch[i:i + 1]) for i in range(len(batch))]
     return [np.concatenate([p[k] for p in parts]) for k in range(len(parts[0]))]
+
+
+def to_layout(images: np.ndarray, layout: str) -> np.ndarray:
+    """NHWC image batches (what preprocessing makes) in a model's input layout; anything else as it is."""
+    if layout == "NCHW" and images.ndim == 4:
+        return images.transpose(0, 3, 1, 2)
+    return images

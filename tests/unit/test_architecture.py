@@ -17,7 +17,7 @@ LAYERS = [
     {"edgecnn", "edgecnn.kinds", "edgecnn.errors", "edgecnn.paths", "edgecnn.targets", "edgecnn.artifacts"},
     {"edgecnn.data"},
     {"edgecnn.runner"},
-    {"edgecnn.frameworks", "edgecnn.zoo", "edgecnn.source", "edgecnn.train"},
+    {"edgecnn.frameworks", "edgecnn.zoo", "edgecnn.source", "edgecnn.contract", "edgecnn.train"},
     {"edgecnn.prune", "edgecnn.quantize", "edgecnn.emulate"},
     {"edgecnn.compile"},
     {"edgecnn.bench"},

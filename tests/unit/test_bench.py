@@ -52,10 +52,36 @@ def test_every_combination_and_no_fake_tvm_int8():
     ({"limit": 0}, "--limit must be 1 or more"),
     ({"weights": "my.weights.h5"}, "--data is needed"),
     ({"ssh_options": ("-i", "k")}, "only with --device"),
+    ({"device": "pi@:99999"}, r"--device 'pi@:99999' is not user@host\[:port\]"),
+    ({"device": "pi@board:0"}, r"--device 'pi@board:0' is not user@host\[:port\].*1-65535"),
+    ({"data": "/nonexistent/val"}, "--data: data set not found: /nonexistent/val"),
+    ({"precisions": ["int8"], "calib": "/nonexistent/calib"}, "unknown calibration set '/nonexistent/calib'"),
 ])
 def test_plan_errors(kwargs, message):
     with pytest.raises(DataError, match=message):
         make_plan("a72", **kwargs)
+
+
+def test_data_that_is_not_a_data_set_is_refused_by_the_plan(tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a data set\n")
+    with pytest.raises(DataError, match=r"--data: .*notes.txt: not a data set"):
+        make_plan("host", models=["mobilenet_v1"], data=str(notes))
+
+
+def test_unknown_model_name_is_refused_by_the_plan():
+    from edgecnn.errors import ModelError
+
+    with pytest.raises(ModelError, match="unknown model 'resnet50'; known models: .*mobilenet_v2"):
+        make_plan("host", models=["resnet50"])
+
+
+@pytest.mark.parametrize("option", ["--limit", "--runs", "--warmup", "--threads", "--max-map-drop",
+                                    "--max-latency-increase"])
+def test_out_of_range_numbers_are_usage_errors_exit_2(capsys, option):
+    value = "-1" if option != "--max-latency-increase" else "-5%"
+    code, _, err = _cli(capsys, "bench", "--target", "host", option, value if option != "--limit" else "0")
+    assert code == 2 and err.startswith("Error: ") and option in err, err
 
 
 def test_unknown_target_is_one_line(capsys):

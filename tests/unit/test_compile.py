@@ -95,14 +95,15 @@ def test_int8_and_fp16_tflite(files, tmp_path):
     assert m.precision == "int8" and m.inputs[0].dtype == "int8" and m.inputs[0].scale > 0
     assert m.outputs[0].zero_point is not None and m.verification["status"] == "passed"
     assert m.verification["quantization"]["calibration"]["images"] >= 1
-    # An already-int8 file is bundled as it is; asking it for fp32 is refused.
+    # An already-int8 file is bundled as it is (its own precision is the default); asking it for fp32 is refused.
     int8_file = files["root"] / "colors-int8.tflite"
     int8_file.write_bytes(r.bundle.file().read_bytes())
     F.sidecar(int8_file)
     again = compile_model(int8_file, "a72", backend="tflite", precision="int8", output_dir=tmp_path / "q2")
     assert again.bundle.file().read_bytes() == int8_file.read_bytes()
+    assert compile_model(int8_file, "a72", backend="tflite").bundle.manifest.precision == "int8"
     with pytest.raises(ModelError, match="already int8"):
-        compile_model(int8_file, "a72", backend="tflite", output_dir=tmp_path / "q3")
+        compile_model(int8_file, "a72", backend="tflite", precision="fp32", output_dir=tmp_path / "q3")
     half = _compile(files, "a76", tmp_path / "h", backend="tflite", precision="fp16")
     assert half.bundle.manifest.precision == "fp16" and half.bundle.manifest.verification["status"] == "passed"
 

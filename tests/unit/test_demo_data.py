@@ -89,3 +89,11 @@ def test_calibration_errors(tmp_path):
     (bad / "manifest.toml").write_text('name = "bad"\nsource = "images"\ncount = "many"\n')
     with pytest.raises(DataError, match="'count' must be an integer"):
         load_calibration_set(bad)
+
+
+def test_calibration_path_that_is_a_file_says_so(tmp_path):
+    image = tmp_path / "one.png"
+    image.write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match=r"calibration set .*one.png is a file, not a folder of images") as e:
+        load_calibration_set(image)
+    assert "not found" not in str(e.value)

@@ -136,3 +136,90 @@ def test_other_broken_files(tmp_path):
     (tmp_path / "sm").mkdir()
     (tmp_path / "sm" / "saved_model.pb").write_bytes(b"\xff" * 64)
     _raises_one_line(tmp_path / "sm", "cannot read SavedModel")
+
+
+# ---------------------------------------------------------------- load_source: refused at the edge, for every stage
+
+
+def _onnx_with_input(path: Path, shape: list) -> Path:
+    """An identity ONNX model with one float input of `shape`, plus a classification sidecar."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fixtures import model_files
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model_files.sidecar(path)
+    return path
+
+
+@pytest.mark.parametrize("shape, message", [
+    ([1, 10], r"input shape \(1, 10\) is not an image batch \(N, H, W, 3\)"),
+    ([1, 3, 32, 3], r"input \(1, 3, 32, 3\) could be NCHW or NHWC; pass --layout"),
+    ([1, 32, 32, 4], r"input \(1, 32, 32, 4\) wants 4 channels"),
+    ([1, 64, 64, 3], r"does not match the preprocessing size 32x32"),
+])
+def test_onnx_input_that_is_not_an_image_batch_is_refused(tmp_path, shape, message):
+    from edgecnn.source import load_source
+
+    path = _onnx_with_input(tmp_path / "odd.onnx", shape)
+    with pytest.raises(ModelError, match=message):
+        load_source(path)
+
+
+def test_unknown_name_says_unknown_model_not_file_not_found(tmp_path, monkeypatch):
+    from edgecnn.source import load_source
+
+    monkeypatch.chdir(tmp_path)
+    for ref in ("resnet50", "resnet50:alpha=0.5"):
+        with pytest.raises(ModelError, match=r"unknown model 'resnet50'; known models: .*mobilenet_v2") as e:
+            load_source(ref)
+        assert "not found" not in str(e.value)
+    with pytest.raises(ModelError, match="model file not found"):
+        load_source("resnet50.onnx")  # a model-file suffix: the user meant a file
+    with pytest.raises(ModelError, match="model file not found"):
+        load_source("models/resnet50")
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"classes": "red,green"}, r"classes must be a list or null, got \"red,green\""),
+    ({"classes": [1, 2, 3, 4]}, "classes must be a list of strings"),
+    ({"preprocessing": [32, 32]}, "preprocessing must be an object"),
+    ({"task": 3}, "task must be a string"),
+    ({"head": [[1, 1]]}, "head must be an object or null"),
+    ({"head": {"anchors": [1, 2]}}, r"head.anchors must be a list of \[w, h\] pairs"),
+    ({"demo": "yes"}, "demo must be true or false"),
+])
+def test_sidecar_fields_of_the_wrong_type_are_named(tmp_path, edit, message):
+    import json
+
+    from edgecnn.source import load_source
+
+    path = _onnx_with_input(tmp_path / "m.onnx", [1, 32, 32, 3])
+    side = tmp_path / "m.json"
+    side.write_text(json.dumps({**json.loads(side.read_text()), **edit}))
+    with pytest.raises(ModelError, match=message) as e:
+        load_source(path)
+    assert str(side) in str(e.value)
+
+
+def test_channels_first_onnx_with_free_dims_is_bound_at_intake(tmp_path, monkeypatch):
+    """A PyTorch/Paddle-style export: NCHW, free batch, height and width -> a (1, 3, 32, 32) copy to build from."""
+    import onnx
+
+    from edgecnn.source import load_source
+
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+    path = _onnx_with_input(tmp_path / "torch.onnx", ["N", 3, "H", "W"])
+    src = load_source(path)
+    assert src.layout == "NCHW" and src.static_shape == [1, 3, 32, 32]
+    assert src.file == path and src.path != path and src.path.is_file()
+    dims = onnx.load(str(src.path)).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 3, 32, 32]
+    assert any("bound to (1, 3, 32, 32)" in n for n in src.notes)
+    assert load_source(path).path == src.path  # cached by content: made once
+    with pytest.raises(ModelError, match="layout must be NHWC or NCHW"):
+        load_source(path, layout="CHW")

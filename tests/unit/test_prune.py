@@ -8,7 +8,7 @@ import pytest
 keras = pytest.importorskip("keras")
 L = keras.layers
 
-from edgecnn.errors import ModelError  # noqa: E402
+from edgecnn.errors import DataError, EdgecnnError, ModelError  # noqa: E402
 from edgecnn.prune import channel, graph, magnitude  # noqa: E402
 
 
@@ -245,7 +245,6 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     bad = tmp_path / "broken.keras"
     bad.write_bytes(b"not a zip")
     cases = [((str(odd), "--ratio", "0.3"), "weird_mix"),
-             ((str(odd), "--ratio", "1.5"), "ratio must be between 0 and 1"),
              ((str(bad), "--ratio", "0.3"), "cannot read Keras model"),
              ((str(odd), "--ratio", "0.3", "--finetune-epochs", "2"), "needs labelled training data")]
     for args, words in cases:
@@ -253,6 +252,44 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                                *(() if "--finetune-epochs" in args else ("--finetune-epochs", "0")))
         errors = [line for line in err.strip().splitlines() if line.startswith("Error")]
         assert code == 1 and len(errors) == 1 and err.strip().endswith(errors[0]) and words in errors[0], err
+
+
+@pytest.mark.parametrize("args, flag", [(("--ratio", "1.5"), "--ratio"), (("--ratio", "0"), "--ratio"),
+                                        (("--ratio", "0.3", "--finetune-epochs", "-1"), "--finetune-epochs"),
+                                        (("--ratio", "0.3", "--max-drop", "-2"), "--max-drop"),
+                                        (("--ratio", "0.3", "--threads", "0"), "--threads")])
+def test_out_of_range_options_are_usage_errors_exit_2(tmp_path, capsys, args, flag):
+    code, _, err = run_cli(capsys, "prune", "mobilenet_v2", "--method", "channel", *args, "-o", str(tmp_path / "o"))
+    errors = [line for line in err.strip().splitlines() if line.startswith("Error")]
+    assert code == 2 and len(errors) == 1 and flag in errors[0], err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"finetune_epochs": -1}, r"^--finetune-epochs must be an integer of at least 0, got -1$"),
+    ({"threads": 0}, r"^--threads must be an integer of at least 1, got 0$"),
+    ({"runs": 0}, r"^runs must be an integer of at least 1, got 0$"),
+    ({"ratio": 1.5}, r"^--ratio must be between 0 and 1"),
+    ({"max_drop": -1.0}, r"^--max-drop must be"),
+])
+def test_library_option_errors_name_only_the_wrong_option(tmp_path, kwargs, message):
+    from edgecnn.prune import prune
+
+    kwargs = {"ratio": 0.3, **kwargs}
+    with pytest.raises(EdgecnnError, match=message):
+        prune("mobilenet_v2", "channel", kwargs.pop("ratio"), output_dir=tmp_path / "o", **kwargs)
+
+
+def test_data_paths_are_refused_before_the_model_is_loaded(tmp_path, monkeypatch):
+    import edgecnn.source
+    from edgecnn.prune import prune
+
+    monkeypatch.setattr(edgecnn.source, "load_source", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(DataError, match=f"^--data: data set not found: {tmp_path / 'nodata'}$"):
+        prune("mobilenet_v2", "channel", 0.3, data=tmp_path / "nodata", output_dir=tmp_path / "o")
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="^--val: .*notes.txt: not a data set"):
+        prune("mobilenet_v2", "channel", 0.3, finetune_epochs=0, val=tmp_path / "notes.txt", output_dir=tmp_path / "o")
 
 
 # ---------------------------------------------------------------------------- real models (slow)

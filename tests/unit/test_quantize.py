@@ -162,6 +162,52 @@ def test_cli_gate_exit_1_one_line(files, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def _main(capsys, *args):
+    from edgecnn.cli import main
+
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_cli_shows_the_calibration_note_when_the_run_then_fails(files, tmp_path, capsys):
+    code, err = _main(capsys, "quantize", files["fragile"], "--calib", files["calib"], "--val", files["val"],
+                      "--io", "float", "--max-drop", "0.1", "-o", tmp_path / "out")
+    lines = [ln for ln in err.splitlines() if ln.startswith(("Warning: ", "Error: "))]
+    assert code == 1 and lines[-1].startswith("Error: fragile tflite int8 drops"), err
+    assert [ln for ln in lines if ln.startswith("Warning: calibrating on 12 images")] == lines[:1], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_prints_each_note_once_on_success(files, tmp_path, capsys):
+    code, err = _main(capsys, "quantize", files["model"], "--calib", files["calib"], "--val", files["val"],
+                      "-o", tmp_path / "out")
+    assert code == 0, err
+    assert err.count("Warning: calibrating on 12 images") == 1, err
+
+
+def test_val_and_calib_paths_are_refused_before_the_model_is_loaded(files, tmp_path, monkeypatch):
+    import edgecnn.source
+    from edgecnn.quantize import quantize
+
+    monkeypatch.setattr(edgecnn.source, "load_source", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(DataError, match="^--val: data set not found: .*noval$"):
+        quantize(files["model"], files["calib"], tmp_path / "out", val=tmp_path / "noval")
+    with pytest.raises(DataError, match="is a file, not a folder of images"):
+        quantize(files["model"], files["model"], tmp_path / "out")
+    with pytest.raises(EdgecnnError, match="^--val-limit must be 1 or more, got 0$"):
+        quantize(files["model"], files["calib"], tmp_path / "out", val_limit=0)
+
+
+def test_cli_negative_max_drop_is_a_usage_error_exit_2(files, tmp_path, capsys):
+    code, err = _main(capsys, "quantize", files["model"], "--calib", files["calib"], "--max-drop", "-1",
+                      "-o", tmp_path / "out")
+    assert code == 2 and "--max-drop" in err and not (tmp_path / "out").exists(), err
+
+
 def test_cli_json(files, tmp_path):
     r = subprocess.run([sys.executable, "-m", "edgecnn", "quantize", str(files["model"]), "--calib",
                         str(files["calib"]), "--val", str(files["val"]), "--backend", "onnx", "--per-tensor",

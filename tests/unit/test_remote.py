@@ -1,5 +1,6 @@
 """edgecnn.bench.remote against a real sshd on loopback: success, unreachable host, wrong key,
-a board without the runtime or without Python, and a run past its timeout.
+a board without the runtime or without Python, a run past its timeout, and faults mid-run: the
+board's disk full, the connection dropping, the runner killed or hanging after part of its output.
 
 The "board" is this machine: sshd runs as the current user on a free port with
 throw-away host and client keys, and the remote Python is this interpreter
@@ -9,7 +10,10 @@ tools/apt-packages.txt lists openssh-server and openssh-client.
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -139,3 +143,106 @@ def test_timeout_stops_the_runner_and_removes_its_folder(sshd, bundles, tmp_path
     while set(Path("/tmp").glob("edgecnn-run-*")) - before and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not set(Path("/tmp").glob("edgecnn-run-*")) - before, "the remote folder was left behind"
+
+
+# ---------------------------------------------------------------- faults mid-run: one line, no result, nothing left
+
+# Each runs in the runner only (its folder is edgecnn-run-*), after the bootstrap has unpacked it.
+PARTIAL = "import sys\nsys.stdout.write('{\"model\": \"colors\", \"latency_ms\": ')\nsys.stdout.flush()\n"
+DROP_CONNECTION = """
+import os, signal, time
+if 'edgecnn-run-' in os.getcwd():
+    pid = os.getppid()
+    while pid > 1:  # the nearest sshd up the tree serves this session: killing it drops the connection
+        stat = open('/proc/%d/stat' % pid).read()
+        if stat[stat.index('(') + 1:stat.rindex(')')].startswith('sshd'):
+            os.kill(pid, signal.SIGKILL)
+            break
+        pid = int(stat[stat.rindex(')') + 2:].split()[1])
+    time.sleep(60)
+"""
+KILLED = f"import os, signal\nif 'edgecnn-run-' in os.getcwd():\n    exec({PARTIAL!r})\n    " \
+         "os.kill(os.getpid(), signal.SIGKILL)\n"
+HANGS_MID_RESULT = f"import os, time\nif 'edgecnn-run-' in os.getcwd():\n    exec({PARTIAL!r})\n    time.sleep(60)\n"
+
+
+def _python_with(tmp_path: Path, name: str, sitecustomize: str) -> Path:
+    """A board Python whose runner process runs `sitecustomize` first."""
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(sitecustomize)
+    return _wrapper(tmp_path / f"python-{name}", f"PYTHONPATH={folder}", sys.executable)
+
+
+def _full_disk_python(tmp_path: Path) -> Path:
+    """A board Python that cannot write more than 4 KiB to any file.
+
+    The shell's file-size limit stands in for a full disk: writing the unpacked
+    bundle fails at the very place a full disk makes it fail (EFBIG instead of
+    ENOSPC), on loopback, without root or a mount. Pipes are not files: ssh's
+    streams are unaffected.
+    """
+    path = tmp_path / "python-full-disk"
+    path.write_text(f"#!/bin/sh\nulimit -f 8\nexec {sys.executable} \"$@\"\n")  # 8 blocks of 512 bytes
+    path.chmod(0o755)
+    return path
+
+
+def _runs_left(before: set[Path], wait_s: float = 10) -> set[Path]:
+    deadline = time.monotonic() + wait_s
+    while set(Path("/tmp").glob("edgecnn-run-*")) - before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return set(Path("/tmp").glob("edgecnn-run-*")) - before
+
+
+def _fails(sshd, bundle, python, timeout=60) -> ToolError:
+    with pytest.raises(ToolError) as err:
+        run_remote(bundle, sshd.device, runs=1, warmup=0, ssh_options=sshd.options, python=str(python),
+                   timeout=timeout)
+    assert "\n" not in str(err.value) and err.value.exit_code == 1
+    return err.value
+
+
+def test_full_disk_on_the_board(sshd, bundles, tmp_path):
+    before = set(Path("/tmp").glob("edgecnn-run-*"))
+    err = _fails(sshd, bundles["tflite-fp32"], _full_disk_python(tmp_path))
+    assert str(err) == f"cannot unpack the bundle on {sshd.device}: File too large in /tmp (free space there, or " \
+                       "set TMPDIR on it)"
+    assert not _runs_left(before, 0), "the half-unpacked folder was left on the board"
+
+
+def test_connection_dropping_mid_run(sshd, bundles, tmp_path):
+    before = set(Path("/tmp").glob("edgecnn-run-*"))
+    started = time.monotonic()
+    err = _fails(sshd, bundles["tflite-fp32"], _python_with(tmp_path, "drops", DROP_CONNECTION))
+    assert re.match(rf"the connection to {re.escape(sshd.device)} dropped during the run.*; no result$", str(err))
+    assert time.monotonic() - started < 30
+    assert not _runs_left(before), "the orphaned runner's folder was left on the board"
+
+
+def test_runner_killed_mid_run(sshd, bundles, tmp_path):
+    before = set(Path("/tmp").glob("edgecnn-run-*"))
+    err = _fails(sshd, bundles["tflite-fp32"], _python_with(tmp_path, "killed", KILLED))
+    assert str(err) == f"the runner on {sshd.device} was killed by SIGKILL (out of memory?) mid-run; no result"
+    assert not _runs_left(before)
+
+
+def test_runner_hanging_after_part_of_its_result(sshd, bundles, tmp_path):
+    before = set(Path("/tmp").glob("edgecnn-run-*"))
+    err = _fails(sshd, bundles["tflite-fp32"], _python_with(tmp_path, "hangs", HANGS_MID_RESULT), timeout=3)
+    assert str(err) == f"the run on {sshd.device} did not finish within 3 s"
+    assert not _runs_left(before)
+
+
+def test_bench_on_a_full_board_is_one_error_line(sshd, tmp_path):
+    """Through the real CLI: exit 1, one `Error:` line on stderr (no framework noise), nothing on stdout."""
+    report = tmp_path / "report.json"
+    done = subprocess.run([sys.executable, "-m", "edgecnn", "bench", "--target", "host", "--model", "mobilenet_v1",
+                           "--precision", "fp32", "--runs", "1", "--limit", "1", "--device", sshd.device,
+                           f"--ssh-option={sshd.options[0]}", f"--ssh-option={sshd.options[1]}",
+                           "--remote-python", str(_full_disk_python(tmp_path)), "-o", str(report)],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "EDGECNN_DEBUG": ""})
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    assert re.fullmatch(rf"Error: mobilenet_v1 tflite fp32: cannot unpack the bundle on {re.escape(sshd.device)}: "
+                        r"File too large in /tmp \(.*\)\n", done.stderr), done.stderr
+    assert not report.exists()

@@ -77,6 +77,29 @@ def test_load_baseline_errors(tmp_path):
         load_baseline(bad)
 
 
+def test_baseline_that_is_a_directory_is_named(tmp_path):
+    folder = tmp_path / "base.json"
+    folder.mkdir()
+    with pytest.raises(DataError, match=r"baseline .*base.json is a directory"):
+        load_baseline(folder)
+
+
+@pytest.mark.parametrize("rows, message", [
+    (["mobilenet_v1"], r"results\[0\] must be an object, got str 'mobilenet_v1'"),
+    ([_row(), 3], r"results\[1\] must be an object"),
+    ([{**_row(), "model": ["m"]}], r"results\[0\] field 'model' must be a string"),
+    ([{**_row(), "accuracy": {"metric": "top1", "top1": "0.9"}}], r"results\[0\] field accuracy.top1 must be a number"),
+    ([{**_row(), "latency_ms": 5.0}], r"results\[0\] field 'latency_ms' must be an object or null"),
+    ([{**_row(), "pruning": {"method": "channel", "ratio": "0.3"}}], r"field pruning.ratio must be a number"),
+])
+def test_baseline_rows_of_the_wrong_shape_name_row_and_field(tmp_path, rows, message):
+    bad = tmp_path / "rows.json"
+    bad.write_text(json.dumps(_doc(*rows)))
+    with pytest.raises(DataError, match=message) as e:
+        load_baseline(bad)
+    assert str(bad) in str(e.value)
+
+
 def test_formats_agree():
     doc = _doc(_row(), _row(model="yolo_lite", metric="map", top1=0.48, p50=None, instructions=123_456_789,
                             mode="emulated"))

@@ -204,6 +204,15 @@ def _broken(bundles, tmp_path, what: str) -> Path:
         data = json.loads((b / "manifest.json").read_text())
         data["backend"] = "caffe"
         (b / "manifest.json").write_text(json.dumps(data))
+    elif what in ("bad-tensor", "bad-shape", "bad-file-name"):
+        data = json.loads((b / "manifest.json").read_text())
+        if what == "bad-tensor":
+            data["inputs"] = ["image"]
+        elif what == "bad-shape":
+            data["outputs"][0]["shape"] = [1, "four"]
+        else:
+            data["files"]["model"] = 7
+        (b / "manifest.json").write_text(json.dumps(data))
     elif what == "bad-model":
         (b / "model.tflite").write_bytes(b"\x00garbage" * 8)
     elif what == "no-model":
@@ -215,6 +224,9 @@ def _broken(bundles, tmp_path, what: str) -> Path:
     ("no-manifest", r"is not a bundle: no manifest.json \(make one with `edgecnn compile`\)"),
     ("bad-json", r"manifest.json: not valid JSON"),
     ("bad-field", r"manifest: backend must be one of tflite, onnx, tvm, got 'caffe'"),
+    ("bad-tensor", r"manifest: inputs\[0\] must be an object, got string \"image\""),
+    ("bad-shape", r"manifest: outputs\[0\].shape must be a list of integers"),
+    ("bad-file-name", r"manifest: files.model must be a string, got number 7"),
     ("bad-model", r"LiteRT cannot load .*model.tflite: "),
     ("no-model", r"model file 'model.tflite' is missing"),
 ])

@@ -98,6 +98,14 @@ def test_schema_errors_name_file_and_key(tmp_path, edit, message):
     assert str(f) in str(e.value)
 
 
+def test_file_that_is_not_utf8_is_named(tmp_path):
+    f = tmp_path / "latin1.toml"
+    f.write_bytes(A72.replace('description = "', 'description = "caf\xe9 ').encode("latin-1"))
+    with pytest.raises(TargetError, match="not UTF-8") as e:
+        get_target(str(f))
+    assert str(f) in str(e.value)
+
+
 def test_duplicate_alias_across_files_is_an_error(tmp_path):
     (tmp_path / "a72.toml").write_text(A72)
     (tmp_path / "copy.toml").write_text(A72.replace('name = "a72"', 'name = "copy"'))

@@ -1,0 +1,159 @@
+"""A model file's data contract from command-line options and the file's own metadata.
+
+The sidecar (`<file name without its last suffix>.json`, README "Your own model files") is the file
+form of the contract; the options here write the same record, so a user can compile an export
+without writing JSON:
+
+    --input-size 224x224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --bgr --layout NCHW
+    --classes labels.txt --task classification --resize letterbox
+
+Precedence, highest first: options, sidecar, metadata stored in the model file (ONNX
+metadata_props as Ultralytics writes them: imgsz, names). `--mean`/`--std` are in the 0..1 units
+of torchvision and PaddleOCR (x = (pixel / 255 - mean) / std); `--scale`/`--offset` are the raw
+form (x = pixel * scale + offset). Standard library only.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+from edgecnn.errors import DataError
+
+OPTION_KEYS = ("input_size", "mean", "std", "scale", "offset", "bgr", "layout", "classes", "task", "resize")
+
+
+def _numbers(text: Any, option: str) -> list[float]:
+    if isinstance(text, (int, float)):
+        return [float(text)]
+    if isinstance(text, (list, tuple)):
+        values = list(text)
+    else:
+        values = [v for v in str(text).replace(" ", "").split(",") if v]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise DataError(f"{option} {text!r}: expected a number or three comma-separated numbers") from None
+    if len(numbers) not in (1, 3):
+        raise DataError(f"{option} {text!r}: expected a number or three comma-separated numbers (per channel)")
+    return numbers
+
+
+def parse_size(text: Any) -> list[int]:
+    """'224', '224x224', '48x192' or [h, w] -> [h, w]; DataError otherwise."""
+    parts = list(text) if isinstance(text, (list, tuple)) else str(text).lower().replace(",", "x").split("x")
+    try:
+        size = [int(p) for p in parts]
+    except (TypeError, ValueError):
+        size = []
+    if len(size) == 1:
+        size *= 2
+    if len(size) != 2 or min(size) < 1:
+        raise DataError(f"--input-size {text!r}: expected HxW (e.g. 224x224 or 48x192) or one number")
+    return size
+
+
+def read_classes(path: str | Path) -> list[str]:
+    """A labels file: one name per line, or a JSON list; DataError when unreadable or empty."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"--classes {path}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            names = json.loads(stripped)
+        except json.JSONDecodeError as e:
+            raise DataError(f"--classes {path}: not a JSON list ({e.msg})") from None
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not names or not all(isinstance(n, str) for n in names):
+        raise DataError(f"--classes {path}: expected class names, one per line (or a JSON list of strings)")
+    return names
+
+
+def from_options(options: dict[str, Any] | None) -> dict:
+    """Options (None = not given) -> a partial sidecar record: {"preprocessing": {...}, "classes", ...}."""
+    given = {k: v for k, v in (options or {}).items() if v not in (None, False, ())}
+    unknown = sorted(set(given) - set(OPTION_KEYS))
+    if unknown:
+        raise DataError(f"unknown contract option(s) {unknown}; known: {', '.join(OPTION_KEYS)}")
+    record: dict[str, Any] = {}
+    pre: dict[str, Any] = {}
+    if "input_size" in given:
+        pre["size"] = parse_size(given["input_size"])
+    if ("mean" in given or "std" in given) and ("scale" in given or "offset" in given):
+        raise DataError("give --mean/--std or --scale/--offset, not both: they say the same thing")
+    if "mean" in given or "std" in given:
+        mean = _numbers(given.get("mean", 0.0), "--mean")
+        std = _numbers(given.get("std", 1.0), "--std")
+        if any(s <= 0 for s in std):
+            raise DataError(f"--std {given.get('std')!r} must be positive")
+        if any(abs(m) > 1 for m in mean) or any(s > 1 for s in std):
+            raise DataError("--mean/--std are in 0..1 units (pixel / 255), e.g. 0.485,0.456,0.406; for pixel "
+                            "units use --scale 1/std --offset -mean/std")
+        channels = max(len(mean), len(std))
+        mean, std = mean * (channels // len(mean)), std * (channels // len(std))
+        scale = [1.0 / (255.0 * s) for s in std]
+        offset = [-m / s for m, s in zip(mean, std)]
+        pre["scale"], pre["offset"] = (scale[0], offset[0]) if channels == 1 else (scale, offset)
+    for key, option in (("scale", "--scale"), ("offset", "--offset")):
+        if key in given:
+            values = _numbers(given[key], option)
+            pre[key] = values[0] if len(values) == 1 else values
+    if given.get("bgr"):
+        pre["color"] = "bgr"
+    if "resize" in given:
+        pre["mode"] = str(given["resize"])
+    if pre:
+        record["preprocessing"] = pre
+    if "layout" in given:
+        record["layout"] = str(given["layout"]).upper()
+    if "classes" in given:
+        classes = given["classes"]
+        record["classes"] = list(classes) if isinstance(classes, (list, tuple)) else read_classes(classes)
+    if "task" in given:
+        record["task"] = str(given["task"])
+    return record
+
+
+def onnx_metadata(path: str | Path) -> dict:
+    """What an ONNX file's metadata_props say about its contract (Ultralytics: imgsz, names); {} otherwise."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - the loader reports unreadable files itself, with its own message
+        return {}
+    props = {p.key: p.value for p in model.metadata_props}
+    record: dict[str, Any] = {}
+    if "imgsz" in props:
+        try:
+            record["preprocessing"] = {"size": parse_size(ast.literal_eval(props["imgsz"]))}
+        except (ValueError, SyntaxError, DataError):
+            pass  # metadata is a hint: an unreadable one is ignored, the sidecar or options decide
+    if "names" in props:
+        try:
+            names = ast.literal_eval(props["names"])
+        except (ValueError, SyntaxError):
+            names = None
+        if isinstance(names, dict) and all(isinstance(k, int) for k in names):
+            record["classes"] = [str(names[k]) for k in sorted(names)]
+        elif isinstance(names, list):
+            record["classes"] = [str(n) for n in names]
+    return record
+
+
+def merge(*records: dict) -> dict:
+    """Later records win; preprocessing is merged key by key (an option changes one field, not all)."""
+    out: dict[str, Any] = {}
+    for record in records:
+        for key, value in record.items():
+            if key == "preprocessing" and isinstance(out.get(key), dict) and isinstance(value, dict):
+                out[key] = {**out[key], **value}
+            else:
+                out[key] = value
+    return out
