@@ -73,7 +73,7 @@ def contract_options(f: Callable) -> Callable:
 
     from edgecnn.kinds import Task
 
-    names = ("input_size", "layout", "mean", "std", "scale", "offset", "bgr", "resize", "classes", "task")
+    names = ("input_size", "layout", "mean", "std", "scale", "offset", "bgr", "resize", "classes", "task", "head")
 
     @functools.wraps(f)
     def command(*args, **kwargs):
@@ -93,6 +93,8 @@ def contract_options(f: Callable) -> Callable:
         click.option("--classes", type=click.Path(dir_okay=False), default=None,
                      help="Model files: class names, one per line (or a JSON list)."),
         click.option("--task", type=choice(Task), default=None, help="Model files: what the outputs mean."),
+        click.option("--head", default=None,
+                     help="Model files: the detector head: yolo, yolov5, yolo:box=xyxy, or a JSON file (ssd).")
     )(command)
 
 

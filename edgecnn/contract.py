@@ -5,10 +5,10 @@ form of the contract; the options here write the same record, so a user can comp
 without writing JSON:
 
     --input-size 224x224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --bgr --layout NCHW
-    --classes labels.txt --task classification --resize letterbox
+    --classes labels.txt --task classification --resize letterbox --head yolo
 
 Precedence, highest first: options, sidecar, metadata stored in the model file (ONNX
-metadata_props as Ultralytics writes them: imgsz, names). `--mean`/`--std` are in the 0..1 units
+metadata_props as Ultralytics writes them: imgsz, names, task; a detect task means the anchor-free head). `--mean`/`--std` are in the 0..1 units
 of torchvision and PaddleOCR (x = (pixel / 255 - mean) / std); `--scale`/`--offset` are the raw
 form (x = pixel * scale + offset). Standard library only.
 """
@@ -22,7 +22,11 @@ from typing import Any
 
 from edgecnn.errors import DataError
 
-OPTION_KEYS = ("input_size", "mean", "std", "scale", "offset", "bgr", "layout", "classes", "task", "resize")
+OPTION_KEYS = ("input_size", "mean", "std", "scale", "offset", "bgr", "layout", "classes", "task", "resize", "head")
+# Ultralytics' metadata task -> edgecnn's; its segment/pose/obb outputs extend the detect format and are
+# timed and compared as generic models rather than scored with a wrong decode.
+_ULTRALYTICS_TASKS = {"detect": "detection", "classify": "classification", "segment": "generic",
+                      "pose": "generic", "obb": "generic"}
 
 
 def _numbers(text: Any, option: str) -> list[float]:
@@ -117,7 +121,44 @@ def from_options(options: dict[str, Any] | None) -> dict:
         record["classes"] = list(classes) if isinstance(classes, (list, tuple)) else read_classes(classes)
     if "task" in given:
         record["task"] = str(given["task"])
+    if "head" in given:
+        record["head"] = parse_head(given["head"])
+        record.setdefault("task", "detection")
     return record
+
+
+def parse_head(text: Any) -> dict:
+    """--head: a head type with options ("yolo", "yolov5", "yolo:box=xyxy,normalized=true"), inline JSON, or a
+    JSON file holding a head object (or a sidecar with one); DataError otherwise. Checked by the loader."""
+    if isinstance(text, dict):
+        return dict(text)
+    text = str(text).strip()
+    if text.startswith("{"):
+        try:
+            head = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"--head {text[:40]!r}: not valid JSON ({e.msg})") from None
+    elif text.lower().endswith(".json"):
+        try:
+            head = json.loads(Path(text).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"--head {text}: cannot read it ({getattr(e, 'strerror', None) or e})") from None
+        if isinstance(head, dict) and isinstance(head.get("head"), dict):
+            head = head["head"]
+    else:
+        kind, _, options = text.partition(":")
+        head = {"type": kind.strip().lower()}
+        for item in filter(None, (o.strip() for o in options.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise DataError(f"--head {text!r}: expected TYPE[:key=value,...], e.g. yolo:box=xyxy")
+            try:
+                head[key.strip()] = json.loads(value.strip())
+            except json.JSONDecodeError:
+                head[key.strip()] = value.strip()
+    if not isinstance(head, dict):
+        raise DataError(f"--head {text[:40]!r}: expected a head object, e.g. {{\"type\": \"yolo\"}}")
+    return head
 
 
 def onnx_metadata(path: str | Path) -> dict:
@@ -144,6 +185,14 @@ def onnx_metadata(path: str | Path) -> dict:
             record["classes"] = [str(names[k]) for k in sorted(names)]
         elif isinstance(names, list):
             record["classes"] = [str(n) for n in names]
+    task = _ULTRALYTICS_TASKS.get(props.get("task", "").strip().lower())
+    if task:
+        record["task"] = task
+        # An end-to-end export (NMS inside the graph, [1, max_det, 6]) is not the anchor-free format.
+        if task == "detection" and props.get("end2end", "").strip().lower() != "true":
+            record["head"] = {"type": "yolo"}
+        elif task == "detection":
+            record["task"] = "generic"
     return record
 
 

@@ -53,6 +53,20 @@ class Task(Kind):
 
     CLASSIFICATION = "classification"
     DETECTION = "detection"
+    # Anything else (segmentation maps, landmarks, embeddings, raw outputs): timed, and compared with the
+    # source model output by output; no accuracy metric is made up for it.
+    GENERIC = "generic"
+
+    @classmethod
+    def parse(cls, text: str, what: str | None = None):
+        """Also takes the names of tasks edgecnn scores as generic (segmentation, landmarks, embedding, ...)."""
+        word = str(text).strip().lower()
+        return cls.GENERIC if word in GENERIC_TASK_NAMES else super().parse(word, what)
+
+
+# Task names users and exporters write (Ultralytics' segment/pose, MediaPipe's landmarks) that are generic here.
+GENERIC_TASK_NAMES = ("segmentation", "segment", "landmarks", "pose", "embedding", "raw", "other", "ocr",
+                      "recognition", "text_detection")
 
 
 class Arch(Kind):

@@ -28,8 +28,8 @@ from edgecnn.data.preprocess import Preprocessing
 from edgecnn.errors import DataError, ModelError
 from edgecnn.kinds import Precision, Task
 
-SIDECAR_HELP = ('{"preprocessing": {"size": [H, W], "scale": s, "offset": o}, "task": "classification"|"detection", '
-                '"classes": [...], "head": {"anchors": [[w, h], ...]}}')
+SIDECAR_HELP = ('{"preprocessing": {"size": [H, W], "scale": s, "offset": o}, '
+                '"task": "classification"|"detection"|"generic", "classes": [...], "head": {"type": "yolo"}}')
 QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger"}
 
 
@@ -234,10 +234,10 @@ def _from_file(path: Path, preprocessing, layout: str | None = None, contract: d
     # The model first: a file that is not a model should be reported as that, not as missing metadata.
     keras_model, precision, params = None, Precision.FP32.value, None
     if fmt == "onnx":
-        shape = _single_input(path, check_float=True)
+        shape, outputs = _single_input(path, check_float=True)
         precision = onnx_precision(path)
     elif fmt == "tflite":
-        shape = _single_input(path, check_float=False)
+        shape, outputs = _single_input(path, check_float=False)
         precision = tflite_precision(path.read_bytes())
     else:
         keras_model = _load_keras(path)
@@ -245,6 +245,7 @@ def _from_file(path: Path, preprocessing, layout: str | None = None, contract: d
         if shape is None:
             raise ModelError(f"{path.name} has {len(keras_model.inputs)} inputs; edgecnn takes "
                              "single-input image models")
+        outputs = [tuple(o.shape) for o in keras_model.outputs]
     from edgecnn import contract as c
 
     side = sidecar_path(path)
@@ -259,12 +260,6 @@ def _from_file(path: Path, preprocessing, layout: str | None = None, contract: d
     if preprocessing is None and not {"scale", "offset"} & set(pre):
         notes.append(f"{path.name}: no normalisation given (sidecar or --mean/--std/--scale/--offset): "
                      "pixels are scaled by 1/255")
-    head = meta.get("head")
-    task = meta.get("task") or (Task.DETECTION.value if head else Task.CLASSIFICATION.value)
-    if task not in Task.values():
-        raise ModelError(f"{side}: task must be classification or detection, got {task!r}")
-    if task == Task.DETECTION and not (head and head.get("anchors")):
-        raise ModelError(f"{side}: a detector needs head.anchors to decode its output")
     classes = meta.get("classes")
     model_layout = "NHWC"
     if fmt == "onnx":
@@ -273,7 +268,10 @@ def _from_file(path: Path, preprocessing, layout: str | None = None, contract: d
         model_layout = image_layout(tuple(shape), path.name, layout or meta.get("layout"))
     elif layout and str(layout).upper() != "NHWC":
         raise ModelError(f"{path.name}: {fmt} models take NHWC images; --layout {layout} applies to ONNX files")
-    src = SourceModel(name=path.stem, ref=str(path), kind=fmt, task=task, preprocessing=_prep(pre, path.name),
+    prep = _prep(pre, path.name)
+    check_image_input(path.stem, shape, prep, model_layout)  # the input first: it decides what else to say
+    task, head = _task_and_head(meta, outputs, path, side, notes)
+    src = SourceModel(name=path.stem, ref=str(path), kind=fmt, task=task, preprocessing=prep,
                       classes=list(classes) if classes else None, head=head, input_shape=shape,
                       precision=precision, demo=bool(meta.get("demo", False)), path=path, keras_model=keras_model,
                       params=params, layout=model_layout, file=path, notes=notes)
@@ -283,6 +281,63 @@ def _from_file(path: Path, preprocessing, layout: str | None = None, contract: d
     else:
         src.sha256 = _digest(_file_sha256(path), src)
     return src
+
+
+def _task_and_head(meta: dict, outputs: list, path: Path, side: Path, notes: list[str]) -> tuple[str, dict | None]:
+    """The task a model file is scored by, and its detector head: as the user or the file's metadata says.
+
+    Never guessed from output shapes beyond one safe case: a model with one [N, C] output and no task
+    given is a classifier. Anything else without a declared task is generic (timed and compared with the
+    source model, never scored), with a note saying how to declare it.
+    """
+    from edgecnn.runner.heads import head_spec
+
+    head = meta.get("head")
+    word = meta.get("task")
+    if word:
+        try:
+            task = Task.parse(word, "task")
+        except ValueError as e:
+            raise ModelError(f"{path.name}: {e} (--task, or task in {side.name})") from None
+    elif head:
+        task = Task.DETECTION
+    elif len(outputs) == 1 and len(outputs[0]) == 2:
+        task = Task.CLASSIFICATION
+    else:
+        task = Task.GENERIC
+        shapes = ", ".join(_fmt(tuple(o)) for o in outputs)
+        notes.append(f"{path.name}: no task given and its outputs ({shapes}) are not one class-score vector: "
+                     "benched as generic (latency, and fidelity to the source model; no accuracy). A detector "
+                     "needs --head (README, 'Detection heads'); a classifier --task classification")
+    if task == Task.DETECTION:
+        if not head:
+            raise ModelError(f"{path.name}: a detector needs its head to decode its outputs: pass --head (yolo, "
+                             f"yolov5, ssd:FILE.json, ...) or write head in {side.name} (README, 'Detection heads')")
+        head = head_spec(head, f"{path.name} head")
+    elif head:
+        raise ModelError(f"{path.name}: a head is given but the task is {task.value}; heads decode detectors")
+    if task == Task.CLASSIFICATION:
+        _check_class_count(meta.get("classes"), outputs, path)
+    return task.value, head
+
+
+def _check_class_count(classes, outputs: list, path: Path) -> None:
+    """ModelError when a classifier's output is not one score vector, or its width and the class names
+    disagree (never scored). Free dims leave it to the runner, which checks the scores it gets."""
+    if len(outputs) != 1:
+        raise ModelError(f"{path.name}: a classifier has one output (class scores); this model has "
+                         f"{len(outputs)}: pass --task generic, or --head for a detector")
+    dims = tuple(outputs[0])[1:]
+    if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+        return
+    wide = [d for d in dims if d != 1]
+    if len(wide) > 1:
+        raise ModelError(f"{path.name}: a classifier's output is [N, C] class scores, this one is "
+                         f"{_fmt(tuple(outputs[0]))}: pass --task generic, or --head for a detector")
+    width = wide[0] if wide else 1
+    if classes and width != len(classes):
+        raise ModelError(f"{path.name}: the model scores {width} classes but {len(classes)} class names are "
+                         "given: the names must list every output class in order")
 
 
 def sidecar_path(path: Path) -> Path:
@@ -367,7 +422,7 @@ def _single_input(path: Path, check_float: bool) -> tuple:
     name, shape, dtype = f.inputs[0]
     if check_float and dtype != "float32":
         raise ModelError(f"{path.name}: input {name!r} is {dtype}; edgecnn starts from a float32-input model")
-    return tuple(shape)
+    return tuple(shape), [tuple(o[1]) for o in f.outputs]
 
 
 def _file_sha256(path: Path) -> str:

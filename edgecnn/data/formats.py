@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from edgecnn.data.dataset import ClassificationDataset, ClassificationSample, DetectionDataset, DetectionSample
+from edgecnn.data.dataset import (ClassificationDataset, ClassificationSample, DetectionDataset, DetectionSample,
+                                  ImageFolder, ImageSample)
 from edgecnn.data.preprocess import IMAGE_EXTENSIONS, load_image
 from edgecnn.errors import DataError
 
@@ -59,9 +60,10 @@ def _int(value: Any, json_path: Path, what: str) -> int:
 def load_coco_json(json_path: PathLike, images_dir: PathLike | None = None) -> DetectionDataset:
     """COCO instances JSON -> DetectionDataset.
 
-    Category ids are remapped to contiguous labels in category-id order; bbox xywh becomes xyxy;
-    iscrowd annotations are skipped; images without annotations are kept. Image files are looked
-    up in images_dir (default: the JSON's folder, then its images/ subfolder).
+    Labels are class indices in category-id order; the file's own category and image ids are kept,
+    so results score with any COCO tool. bbox xywh becomes xyxy; iscrowd annotations become ignore
+    regions; images without annotations are kept. Image files are looked up in images_dir
+    (default: the JSON's folder, then its images/ subfolder).
     """
     json_path = Path(json_path)
     if not json_path.is_file():
@@ -88,14 +90,11 @@ def load_coco_json(json_path: PathLike, images_dir: PathLike | None = None) -> D
         if image_id in images:
             raise DataError(f"{json_path}: duplicate image id {image_id}")
         images[image_id] = img
-    boxes: dict[int, list] = {i: [] for i in images}
-    labels: dict[int, list] = {i: [] for i in images}
+    found: dict[int, tuple] = {i: ([[], []], [[], []]) for i in images}  # ([boxes, labels], crowd's)
     for ann in data["annotations"]:
         image_id = _int(_get(ann, "image_id", json_path, "an annotation"), json_path, "annotation image_id")
         category_id = _int(_get(ann, "category_id", json_path, "an annotation"), json_path, "annotation category_id")
         bbox = _get(ann, "bbox", json_path, "an annotation")
-        if ann.get("iscrowd", 0):
-            continue
         if image_id not in images:
             raise DataError(f"{json_path}: annotation {ann.get('id')} refers to unknown image id {image_id}")
         if category_id not in label_of:
@@ -107,8 +106,9 @@ def load_coco_json(json_path: PathLike, images_dir: PathLike | None = None) -> D
             valid = False
         if not valid:
             raise DataError(f"{json_path}: annotation {ann.get('id')} has an invalid bbox {bbox!r}")
-        boxes[image_id].append([x, y, x + w, y + h])
-        labels[image_id].append(label_of[category_id])
+        boxes, labels = found[image_id][1 if ann.get("iscrowd", 0) else 0]
+        boxes.append([x, y, x + w, y + h])
+        labels.append(label_of[category_id])
 
     samples = []
     for image_id in sorted(images):
@@ -120,8 +120,9 @@ def load_coco_json(json_path: PathLike, images_dir: PathLike | None = None) -> D
         if path is None:
             tried = " or ".join(str(d) for d in search)
             raise DataError(f"{json_path}: image file '{file_name}' (id {image_id}) not found in {tried}")
-        samples.append(DetectionSample(image_id, path, width, height, *_boxes(boxes[image_id], labels[image_id])))
-    return DetectionDataset([names[c] for c in cat_ids], samples, json_path.stem)
+        objects, crowd = found[image_id]
+        samples.append(DetectionSample(image_id, path, width, height, *_boxes(*objects), *_boxes(*crowd)))
+    return DetectionDataset([names[c] for c in cat_ids], samples, json_path.stem, cat_ids)
 
 
 def _parse_voc_xml(xml_path: Path, image_dir: Path) -> tuple[Path, int, int, list[tuple[str, list[float], bool]]]:
@@ -163,8 +164,9 @@ def load_voc(
 ) -> DetectionDataset:
     """Pascal VOC folder (Annotations/*.xml, JPEGImages/, ImageSets/Main/<split>.txt) -> DetectionDataset.
 
-    Boxes become 0-based xyxy; difficult objects are skipped unless keep_difficult. classes defaults
-    to the sorted set of object names found; with an explicit list, other names are an error.
+    Boxes become 0-based xyxy. Difficult objects become ignore regions (VOC's own evaluator ignores
+    them; here by COCO's crowd rule, iscrowd=1 in to_coco), or ordinary objects with keep_difficult.
+    classes defaults to the sorted set of object names found; other names in a given list are an error.
     """
     root = Path(root)
     ann_dir = root / "Annotations"
@@ -190,14 +192,14 @@ def load_voc(
     index = {c: i for i, c in enumerate(classes)}
     samples = []
     for image_id, (xml_path, (path, width, height, objects)) in enumerate(parsed, start=1):
-        boxes, labels = [], []
+        kept, ignored = ([], []), ([], [])
         for name, box, difficult in objects:
             if name not in index:
                 raise DataError(f"{xml_path}: object class '{name}' is not in the given classes {list(classes)}")
-            if keep_difficult or not difficult:
-                boxes.append(box)
-                labels.append(index[name])
-        samples.append(DetectionSample(image_id, path, width, height, *_boxes(boxes, labels)))
+            boxes, labels = ignored if difficult and not keep_difficult else kept
+            boxes.append(box)
+            labels.append(index[name])
+        samples.append(DetectionSample(image_id, path, width, height, *_boxes(*kept), *_boxes(*ignored)))
     return DetectionDataset(list(classes), samples, root.name + (f"-{split}" if split else ""))
 
 
@@ -364,8 +366,9 @@ def _coco_json_in(root: Path, split: str | None) -> Path | None:
     return found[0] if found else None
 
 
-def dataset_layout(path: PathLike, split: str | None = None) -> str:
-    """Which layout `path` holds ("coco", "voc", "yolo", "class_folders"), from names alone; DataError otherwise.
+def dataset_layout(path: PathLike, split: str | None = None, unlabelled: bool = False) -> str:
+    """Which layout `path` holds ("coco", "voc", "yolo", "class_folders", and with `unlabelled` "images": a
+    folder of images without labels), from names alone; DataError otherwise.
 
     Cheap (no annotation or image is read), so a command checks its data argument before any work.
     """
@@ -387,15 +390,25 @@ def dataset_layout(path: PathLike, split: str | None = None) -> str:
         subfolders = [p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")]
         if subfolders and any(_images_in(p) for p in subfolders):
             return "class_folders"
+        if _images_in(path):
+            if unlabelled:
+                return "images"
+            raise DataError(f"{path}: a folder of images without labels; accuracy needs labelled data: "
+                            f"{FORMATS_HELP}")
     except PermissionError as e:
         raise DataError(f"cannot read data set {path}: {e.strerror}") from None
-    raise DataError(f"{path}: unrecognised data set layout; expected {FORMATS_HELP}")
+    raise DataError(f"{path}: unrecognised data set layout; expected {FORMATS_HELP}"
+                    + (", or a folder of images (timing and fidelity only)" if unlabelled else ""))
 
 
-def load_dataset(path: PathLike, split: str | None = None) -> DetectionDataset | ClassificationDataset:
-    """Detect the layout at path and load it; see FORMATS_HELP for what is accepted."""
+def load_dataset(path: PathLike, split: str | None = None,
+                 unlabelled: bool = False) -> DetectionDataset | ClassificationDataset | ImageFolder:
+    """Detect the layout at path and load it; see FORMATS_HELP for what is accepted. With `unlabelled`, a
+    folder of bare images is accepted too (an ImageFolder: timing and fidelity, no accuracy)."""
     path = Path(path)
-    layout = dataset_layout(path, split)
+    layout = dataset_layout(path, split, unlabelled)
+    if layout == "images":
+        return ImageFolder([ImageSample(p) for p in _images_in(path)], path.name)
     if layout == "voc":
         return load_voc(path, split)
     if layout == "yolo":

@@ -33,10 +33,13 @@ def evaluate(predict: Predict, source, dataset=None, images: np.ndarray | None =
     """Run `predict` over a labelled data set (accuracy + outputs) or bare preprocessed images (outputs)."""
     recorded: list[list[np.ndarray]] = []
 
-    def first_output(batch: np.ndarray) -> np.ndarray:
+    def all_outputs(batch: np.ndarray) -> list[np.ndarray]:
         outs = predict(batch)
         recorded.append(outs)
-        return outs[0]
+        return outs
+
+    def first_output(batch: np.ndarray) -> np.ndarray:
+        return all_outputs(batch)[0]
 
     accuracy = None
     if dataset is not None:
@@ -44,7 +47,7 @@ def evaluate(predict: Predict, source, dataset=None, images: np.ndarray | None =
         if source.task == Task.CLASSIFICATION:
             accuracy = evaluate_classifier(first_output, dataset, prep, batch_size)
         else:
-            accuracy = evaluate_detector(first_output, dataset, prep, decoder(source.metadata(), source.ref),
+            accuracy = evaluate_detector(all_outputs, dataset, prep, decoder(source.metadata(), source.ref),
                                          batch_size)
     else:
         for start in range(0, len(images), batch_size):

@@ -14,42 +14,58 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
 
 from edgecnn.data.dataset import ClassificationDataset, DetectionDataset
 from edgecnn.kinds import Task
+from edgecnn.paths import PathError, atomic_write_bytes, check_output
 from edgecnn.runner.postprocess import Detections, decoder
 
 
-def topk_accuracy(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
-    """top-1 and top-5 (top-k capped at the number of classes) from (N, C) scores."""
+def topk_accuracy(labels: np.ndarray, scores: np.ndarray) -> dict[str, float | None]:
+    """top-1 and top-5 from (N, C) scores; top-5 is None unless there are more than 5 classes (with 5 or
+    fewer it is 1.0 by construction, a figure that says nothing)."""
     labels = np.asarray(labels)
     if len(labels) == 0:
         raise ValueError("no samples to score")
     order = np.argsort(-scores, axis=1)
     top1 = float(np.mean(order[:, 0] == labels))
-    k = min(5, scores.shape[1])
-    top5 = float(np.mean((order[:, :k] == labels[:, None]).any(axis=1)))
+    top5 = float(np.mean((order[:, :5] == labels[:, None]).any(axis=1))) if scores.shape[1] > 5 else None
     return {"metric": "top1", "top1": top1, "top5": top5}
 
 
 def coco_results(dataset: DetectionDataset, detections: Iterable[Detections]) -> list[dict]:
-    """COCO result dicts (image_id, category_id = label + 1, xywh bbox, score); detections in
+    """COCO result dicts (the sample's image_id, the data set's category_id of each label, xywh bbox,
+    score), so any COCO tool scores them against the data set's own file; detections in
     original-image pixels, one per sample. JSON-ready: the board sends these when it cannot score."""
     results = []
     for sample, det in zip(dataset.samples, detections, strict=True):
         for box, score, label in zip(det.boxes, det.scores, det.labels):
             x1, y1, x2, y2 = (float(v) for v in box)
-            results.append({"image_id": sample.image_id, "category_id": int(label) + 1,
+            results.append({"image_id": int(sample.image_id), "category_id": dataset.category_id(label),
                             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
     return results
 
 
+def save_coco_results(path: str | Path, results: list[dict]) -> Path:
+    """Write COCO result dicts (see coco_results) as one JSON list, through a temporary name and a
+    rename, so an interrupted run never leaves half a file; returns the path."""
+    path = check_output(path, "file", "predictions file")
+    try:
+        atomic_write_bytes(path, json.dumps(results).encode())
+    except OSError as e:
+        raise PathError(f"predictions file {path}: cannot write ({e.strerror or e})") from None
+    return path
+
+
 def coco_map_from_results(dataset: DetectionDataset, results: list[dict]) -> dict[str, float]:
-    """COCO mAP@0.5:0.95 and mAP@0.5 of COCO result dicts (see coco_results) against the data set."""
+    """COCO mAP@0.5:0.95 and mAP@0.5 of COCO result dicts (see coco_results) against the data set;
+    detections on its ignore regions count neither way, as COCO's crowd regions."""
     from faster_coco_eval import COCO, COCOeval_faster
 
     if not results:
@@ -82,16 +98,18 @@ def evaluate_classifier(predict: Callable[[np.ndarray], np.ndarray], dataset: Cl
     return topk_accuracy(np.array(labels), np.concatenate(scores))
 
 
-def evaluate_detector(predict: Callable[[np.ndarray], np.ndarray], dataset: DetectionDataset, preprocess,
-                      postprocess: Callable[[np.ndarray], Detections], batch_size: int = 32) -> dict[str, float]:
-    """Run `predict` (batch -> raw head outputs) and `postprocess` (one raw -> Detections) over a data set."""
+def evaluate_detector(predict: Callable[[np.ndarray], np.ndarray | list], dataset: DetectionDataset, preprocess,
+                      postprocess: Callable[[list], Detections], batch_size: int = 32) -> dict[str, float]:
+    """Run `predict` (batch -> the raw output, or the list of outputs) and `postprocess` (one image's outputs ->
+    Detections) over a data set."""
     all_dets: list[Detections] = []
     for start in range(0, len(dataset), batch_size):
         chunk = dataset.samples[start:start + batch_size]
         prepared = [preprocess(s.path) for s in chunk]
-        raw = np.asarray(predict(np.concatenate([b for b, _ in prepared])))
-        for (_, transform), out in zip(prepared, raw):
-            det = postprocess(out)
+        outs = predict(np.concatenate([b for b, _ in prepared]))
+        outs = [np.asarray(o) for o in outs] if isinstance(outs, (list, tuple)) else [np.asarray(outs)]
+        for i, (_, transform) in enumerate(prepared):
+            det = postprocess([o[i] for o in outs])
             boxes = transform.boxes_to_original(det.boxes) if len(det) else det.boxes
             all_dets.append(Detections(np.asarray(boxes, np.float32), det.scores, det.labels))
     return coco_map(dataset, all_dets)

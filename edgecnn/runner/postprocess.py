@@ -1,19 +1,20 @@
-"""Detector post-processing in numpy only: YOLOv2 region decode and NMS.
+"""Detector post-processing in numpy only: a head's decode (edgecnn.runner.heads), then per-class NMS.
 
 This runs on the board (the runner never imports TensorFlow), so it sticks to
-numpy. Head layout (see edgecnn.zoo.yolo_lite): raw tensor (S, S, A*(5+C)),
-per anchor [tx, ty, tw, th, objectness logit, class logits...]; anchors are
-(w, h) in grid-cell units.
+numpy. The demo YOLO-Lite's head (edgecnn.zoo.yolo_lite) is a yolo_region head:
+raw tensor (S, S, A*(5+C)), per anchor [tx, ty, tw, th, objectness logit, class
+logits...]; anchors are (w, h) in grid-cell units.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
 from edgecnn.errors import ModelError
+from edgecnn.runner.heads import candidates, head_spec
 
 
 @dataclass(frozen=True)
@@ -26,38 +27,18 @@ class Detections:
         return len(self.scores)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free form of 1 / (1 + exp(-x))
-
-
 def decode_yolo(raw: np.ndarray, anchors: np.ndarray, num_classes: int, input_size: tuple[int, int],
                 conf_threshold: float = 0.005) -> Detections:
-    """Turn one image's raw head output into candidate boxes (before NMS).
+    """Candidate boxes (before NMS) of one image's YOLOv2-region output (S, S, A*(5+C)).
 
     Score = sigmoid(objectness) * softmax(class logits); one candidate per
     (cell, anchor), with its best class, kept when the score reaches the threshold.
     """
-    anchors = np.asarray(anchors, np.float32)
-    rows, cols = raw.shape[:2]
-    a = len(anchors)
-    if raw.shape[-1] != a * (5 + num_classes):
-        raise ValueError(f"head has {raw.shape[-1]} channels, expected {a} x (5 + {num_classes})")
-    p = raw.reshape(rows, cols, a, 5 + num_classes).astype(np.float32)
-    gy, gx = np.meshgrid(np.arange(rows, dtype=np.float32), np.arange(cols, dtype=np.float32), indexing="ij")
-    cx = (_sigmoid(p[..., 0]) + gx[..., None]) / cols
-    cy = (_sigmoid(p[..., 1]) + gy[..., None]) / rows
-    w = anchors[:, 0] * np.exp(np.minimum(p[..., 2], 8.0)) / cols
-    h = anchors[:, 1] * np.exp(np.minimum(p[..., 3], 8.0)) / rows
-    logits = p[..., 5:]
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    labels = probs.argmax(-1)
-    scores = _sigmoid(p[..., 4]) * probs.max(-1)
-    keep = scores >= conf_threshold
-    ih, iw = input_size
-    boxes = np.stack([(cx - w / 2) * iw, (cy - h / 2) * ih, (cx + w / 2) * iw, (cy + h / 2) * ih], -1)
-    boxes = np.clip(boxes[keep], 0, [iw, ih, iw, ih])
-    return Detections(boxes.astype(np.float32), scores[keep].astype(np.float32), labels[keep].astype(np.int64))
+    spec = {"type": "yolo_region", "anchors": np.asarray(anchors, np.float32).tolist()}
+    try:
+        return Detections(*candidates([raw], spec, num_classes, input_size, conf_threshold))
+    except ModelError as e:
+        raise ValueError(str(e)) from None
 
 
 def nms(dets: Detections, iou_threshold: float = 0.45, max_detections: int = 100) -> Detections:
@@ -91,32 +72,36 @@ def postprocess_yolo(raw: np.ndarray, anchors, num_classes: int, input_size: tup
     return nms(decode_yolo(raw, anchors, num_classes, input_size, conf_threshold), iou_threshold, max_detections)
 
 
-def decoder(metadata: dict, what: str = "metadata") -> Callable[[np.ndarray], Detections]:
-    """The decode of one image's raw head output that a model's data contract describes.
+def decoder(metadata: dict, what: str = "metadata") -> Callable[[Sequence[np.ndarray] | np.ndarray], Detections]:
+    """The decode of one image's raw outputs that a model's data contract describes (edgecnn.runner.heads).
 
     `metadata` has the manifest's shape (a bundle's manifest dict, or a source
-    model's sidecar): "task", "head" (anchors), "classes", "preprocessing" (its
-    "size" is the model-input size boxes are scaled to) and, optionally,
-    "postprocess" ({"kind": "yolo_region", conf/iou thresholds, max_detections}).
-    Without class names the class count is read off the head's channels.
+    model's sidecar): "task", "head" (its "type" and options), "classes",
+    "preprocessing" (its "size" is the model-input size boxes are scaled to) and,
+    optionally, "postprocess" ({conf_threshold, iou_threshold, max_detections}).
+    Without class names the class count is read off the outputs. The returned
+    function takes the image's outputs (a list, batch axis removed; or one array
+    for a single-output model) and gives boxes in model-input pixels after NMS.
     `what` names the metadata in error messages.
     """
     task = metadata.get("task") or "detection"
     if task != "detection":
         raise ModelError(f"{what}: task {task!r} has no detector decode")
-    anchors = (metadata.get("head") or {}).get("anchors")
-    if not anchors:
-        raise ModelError(f"{what}: a detector needs head.anchors to decode its output")
+    if not metadata.get("head"):
+        raise ModelError(f"{what}: a detector needs a head (README, 'Detection heads') to decode its output")
+    spec = head_spec(metadata["head"], what)
     post = dict(metadata.get("postprocess") or {})
-    kind = post.pop("kind", "yolo_region")
-    if kind != "yolo_region":
-        raise ModelError(f"{what}: postprocess kind {kind!r} is not supported (yolo_region)")
+    post.pop("kind", None)  # older manifests: {"kind": "yolo_region", ...}; the head says it now
+    unknown = set(post) - {"conf_threshold", "iou_threshold", "max_detections"}
+    if unknown:
+        raise ModelError(f"{what}: unknown postprocess option(s) {sorted(unknown)}")
+    conf = post.pop("conf_threshold", 0.005)
     size = tuple(metadata["preprocessing"]["size"])
     classes = metadata.get("classes")
     num_classes = len(classes) if classes else None
 
-    def decode(raw: np.ndarray) -> Detections:
-        count = num_classes or raw.shape[-1] // len(anchors) - 5
-        return postprocess_yolo(raw, anchors, count, size, **post)
+    def decode(outputs) -> Detections:
+        outputs = [outputs] if isinstance(outputs, np.ndarray) else list(outputs)
+        return nms(Detections(*candidates(outputs, spec, num_classes, size, conf)), **post)
 
     return decode

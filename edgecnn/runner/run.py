@@ -4,8 +4,9 @@
     result = run_bundle("build/a72/mobilenet_v2-int8-tflite", data="val/", runs=50)
 
 The dict uses the bench JSON names (docs/architecture.md): latency_ms {mean, p50,
-p90, p99, std}, fps, load_ms, first_inference_ms, peak_rss_mb, size_bytes,
-threads, images, accuracy. Timed runs invoke the model on the same input, already
+p90, p99, std}, fps (1000 / p50) and fps_mean (1000 / mean), load_ms,
+first_inference_ms, peak_rss_mb, size_bytes, threads, images, inputs, machine
+(where it ran), accuracy. Timed runs invoke the model on the same input, already
 fed: they measure the runtime, not image decoding or (de)quantization.
 
 Accuracy of detectors: COCO mAP needs faster-coco-eval. When the board has it,
@@ -91,7 +92,26 @@ def time_session(session: Session, inputs: list[np.ndarray], runs: int, warmup: 
         session.invoke()
         samples.append((time.perf_counter_ns() - start) / 1e6)
     stats = latency_stats(samples)
-    return {"first_inference_ms": first, "latency_ms": stats, "fps": fps(stats["mean"])}
+    return {"first_inference_ms": first, "latency_ms": stats, "fps": fps(stats["p50"]),
+            "fps_mean": fps(stats["mean"])}
+
+
+def machine() -> dict[str, Any]:
+    """The machine this runs on (not the target a bundle was built for): architecture, CPU model, cores."""
+    import os
+    import platform
+
+    cpu = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Model", "Hardware") and value.strip():
+                    cpu = value.strip()
+                    break
+    except OSError:
+        pass
+    return {"arch": platform.machine(), "cpu": cpu or platform.processor() or None, "cores": os.cpu_count()}
 
 
 def run_bundle(bundle: str | Path | Bundle, *, data: str | Path | None = None, limit: int | None = None,
@@ -99,8 +119,10 @@ def run_bundle(bundle: str | Path | Bundle, *, data: str | Path | None = None, l
     """Load the bundle, time `runs` invokes after `warmup`, and score it on `data` when given.
 
     `data` is any layout edgecnn.data.formats reads (class folders, COCO JSON, VOC,
-    YOLO txt); `limit` keeps its first N images. Latency uses the first image of
-    `data`, or a random image without it.
+    YOLO txt) or a folder of unlabelled images (timed, not scored); `limit` keeps its
+    first N images. Latency uses the first image of `data`, or a random image without it;
+    "inputs" says which ("labelled", "unlabelled", "synthetic"). A generic model (no
+    task edgecnn scores) gets accuracy null whatever the data.
     """
     _check_counts(runs, warmup, limit)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -116,10 +138,11 @@ def run_bundle(bundle: str | Path | Bundle, *, data: str | Path | None = None, l
     result: dict[str, Any] = {
         "model": m.name, "target": m.target, "backend": m.backend, "precision": m.precision,
         "task": m.task, "pruning": m.pruning, "mode": "native", "threads": session.threads,
-        "images": None, "size_bytes": b.size_bytes, "macs": m.macs,
-        "latency_ms": timing["latency_ms"], "fps": timing["fps"], "load_ms": load_ms,
-        "first_inference_ms": timing["first_inference_ms"], "peak_rss_mb": None,
+        "machine": machine(), "images": None, "size_bytes": b.size_bytes, "macs": m.macs,
+        "latency_ms": timing["latency_ms"], "fps": timing["fps"], "fps_mean": timing["fps_mean"],
+        "load_ms": load_ms, "first_inference_ms": timing["first_inference_ms"], "peak_rss_mb": None,
         "emulated_instructions": None, "runs": runs, "warmup": warmup, "accuracy": None,
+        "inputs": "synthetic" if dataset is None else ("unlabelled" if dataset.task is None else "labelled"),
     }
     if dataset is not None:
         result.update(evaluate_bundle(session, dataset))
@@ -133,7 +156,7 @@ def _load_data(data: str | Path, limit: int | None):
     except ImportError as e:  # opencv: only needed to decode images
         package = "opencv-python-headless" if e.name in (None, "cv2") else e.name
         raise ModelError(f"reading a data set needs {package}: {RUNNER_HINT}") from None
-    dataset = load_dataset(data).subset(limit)
+    dataset = load_dataset(data, unlabelled=True).subset(limit)
     if len(dataset) == 0:
         raise DataError(f"{data}: the data set has no images")
     return dataset
@@ -156,12 +179,24 @@ def _label_map(model_classes: list[str] | None, data_classes: list[str], data: s
 
 
 def evaluate_bundle(session: Session, dataset) -> dict[str, Any]:
-    """{"images", "accuracy", "predictions"} of a session on a loaded data set."""
+    """{"images", "accuracy", "predictions"} of a session on a loaded data set; accuracy None for unlabelled
+    images and generic models (which are only run: their outputs have no metric edgecnn could trust)."""
     m = session.manifest
     prep = _prepare(m)
+    if dataset.task is None or m.task not in ("classification", "detection"):
+        for s in dataset.samples:
+            predict(session, prep(s.path)[0])
+        return {"images": len(dataset), "accuracy": None, "predictions": None}
+    if dataset.task != m.task:
+        raise DataError(f"{dataset.name or 'the data set'} is a {dataset.task} data set, but {m.name} is a "
+                        f"{m.task} model")
     mapping = _label_map(m.classes, dataset.classes, dataset.name or "data set")
     if m.task == "classification":
         scores = np.concatenate([predict(session, prep(s.path)[0])[0].reshape(1, -1) for s in dataset.samples])
+        expected = len(m.classes) if m.classes else len(dataset.classes)
+        if scores.shape[1] != expected:
+            raise DataError(f"{m.name} gives {scores.shape[1]} class scores, but its classes (or the data set's) "
+                            f"number {expected}: a classifier's outputs must match its class names")
         labels = np.array([s.label for s in dataset.samples])
         if mapping is not None:  # the data set's labels in the model's class order
             labels = np.array([int(np.flatnonzero(mapping == label)[0]) for label in labels])
@@ -171,8 +206,6 @@ def evaluate_bundle(session: Session, dataset) -> dict[str, Any]:
         # top5: class indices in the manifest's class order
         predictions = [{"image": s.path.name, "top5": [int(v) for v in row]} for s, row in zip(dataset.samples, top)]
         return {"images": len(dataset), "accuracy": topk_accuracy(labels, scores), "predictions": predictions}
-    if m.task != "detection":
-        raise ModelError(f"manifest: task {m.task!r} is not supported (classification or detection)")
     detections = _detect(session, dataset, prep, mapping)
     from edgecnn.runner.metrics import coco_map_from_results, coco_results
 
@@ -189,13 +222,12 @@ def _detect(session: Session, dataset, prep, mapping: np.ndarray | None) -> list
 
     m = session.manifest
     if not m.head or not m.classes:
-        raise ModelError("manifest: a detection bundle needs head (anchors) and classes")
+        raise ModelError("manifest: a detection bundle needs a head and classes")
     decode = decoder(m.to_dict(), "manifest")
     out = []
     for s in dataset.samples:
         batch, transform = prep(s.path)
-        raw = predict(session, batch)[0][0]
-        det = decode(raw)
+        det = decode([o[0] for o in predict(session, batch)])
         boxes, scores, labels = transform.boxes_to_original(det.boxes), det.scores, det.labels
         if mapping is not None:
             labels = mapping[labels]

@@ -28,6 +28,7 @@ def latency_stats(samples_ms: Sequence[float]) -> dict[str, float]:
             "std": float(x.std())}
 
 
-def fps(mean_ms: float) -> float | None:
-    """Inferences per second of one stream at the given mean latency (None for a zero mean)."""
-    return 1000.0 / mean_ms if mean_ms > 0 else None
+def fps(latency_ms: float) -> float | None:
+    """Inferences per second at the given latency (None for zero). The bench JSON's "fps" is 1000 / p50, so it
+    agrees with the p50 column; "fps_mean" is 1000 / mean, the throughput of back-to-back invokes."""
+    return 1000.0 / latency_ms if latency_ms > 0 else None

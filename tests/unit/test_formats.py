@@ -53,25 +53,34 @@ def coco_fixture(root: Path) -> Path:
 def test_coco_boxes_labels_and_category_remapping(tmp_path):
     ds = load_coco_json(coco_fixture(tmp_path))
     assert ds.classes == ["car", "cat", "zebra"]  # category id order 3, 17, 90
+    assert ds.category_ids == [3, 17, 90] and ds.category_id(2) == 90
     by_id = {s.image_id: s for s in ds.samples}
     assert sorted(by_id) == [7, 42]
     a = by_id[42]
     assert a.path == tmp_path / "images" / "a.png" and (a.width, a.height) == (64, 48)
     assert a.boxes.dtype == np.float32 and a.labels.dtype == np.int64
     np.testing.assert_allclose(a.boxes, [[10, 5, 30, 13], [0.5, 1.5, 3.5, 5.5]])
-    assert a.labels.tolist() == [1, 2]  # crowd annotation skipped
+    assert a.labels.tolist() == [1, 2]
+    np.testing.assert_allclose(a.ignore_boxes, [[1, 1, 31, 31]])  # the crowd annotation: an ignore region
+    assert a.ignore_boxes.dtype == np.float32 and a.ignore_labels.tolist() == [0]
     b = by_id[7]
-    assert b.boxes.shape == (0, 4) and b.labels.shape == (0,)
+    assert b.boxes.shape == (0, 4) and b.labels.shape == (0,) and b.ignore_boxes.shape == (0, 4)
 
 
 def test_coco_round_trips_through_to_coco(tmp_path):
     ds = load_coco_json(coco_fixture(tmp_path))
-    (tmp_path / "again.json").write_text(json.dumps(ds.to_coco()))
+    coco = ds.to_coco()
+    assert sorted(c["id"] for c in coco["categories"]) == [3, 17, 90]
+    assert [(a["category_id"], a["iscrowd"]) for a in coco["annotations"] if a["image_id"] == 42] == \
+        [(17, 0), (90, 0), (3, 1)]
+    (tmp_path / "again.json").write_text(json.dumps(coco))
     again = load_coco_json(tmp_path / "again.json")
-    assert again.classes == ds.classes
+    assert again.classes == ds.classes and again.category_ids == ds.category_ids
     for s, t in zip(ds.samples, again.samples):
+        assert s.image_id == t.image_id
         np.testing.assert_allclose(s.boxes, t.boxes)
-        assert s.labels.tolist() == t.labels.tolist()
+        np.testing.assert_allclose(s.ignore_boxes, t.ignore_boxes)
+        assert s.labels.tolist() == t.labels.tolist() and s.ignore_labels.tolist() == t.ignore_labels.tolist()
 
 
 def test_coco_explicit_images_dir(tmp_path):
@@ -163,12 +172,15 @@ def test_voc_one_based_conversion_difficult_and_ids(tmp_path):
     np.testing.assert_allclose(first.boxes, [[10, 20, 30, 25]])
     assert first.labels.tolist() == [0]
     assert (second.image_id, second.width, second.height) == (2, 64, 48)
-    np.testing.assert_allclose(second.boxes, [[0, 0, 10, 20]])  # difficult dog skipped
+    np.testing.assert_allclose(second.boxes, [[0, 0, 10, 20]])
     assert second.labels.tolist() == [1]
+    np.testing.assert_allclose(second.ignore_boxes, [[4, 5, 64, 48]])  # the difficult dog: an ignore region
+    assert second.ignore_labels.tolist() == [0] and first.ignore_boxes.shape == (0, 4)
+    assert ds.category_ids is None and ds.to_coco()["annotations"][-1]["iscrowd"] == 1
 
     kept = load_voc(tmp_path, keep_difficult=True).samples[1]
     np.testing.assert_allclose(kept.boxes, [[0, 0, 10, 20], [4, 5, 64, 48]])
-    assert kept.labels.tolist() == [1, 0]
+    assert kept.labels.tolist() == [1, 0] and kept.ignore_boxes.shape == (0, 4)
 
 
 def test_voc_split_and_given_classes(tmp_path):

@@ -138,7 +138,9 @@ def test_run_bundle_without_data(bundles):
     r = run_bundle(bundles["onnx-fp32"], runs=7, warmup=2, threads=1)
     assert BENCH_KEYS <= set(r) and r["mode"] == "native" and r["runs"] == 7
     assert set(r["latency_ms"]) == {"mean", "p50", "p90", "p99", "std"}
-    assert r["fps"] == pytest.approx(1000 / r["latency_ms"]["mean"])
+    assert r["fps"] == pytest.approx(1000 / r["latency_ms"]["p50"])  # agrees with the p50 column
+    assert r["fps_mean"] == pytest.approx(1000 / r["latency_ms"]["mean"])
+    assert r["inputs"] == "synthetic" and r["machine"]["arch"] and r["machine"]["cores"] >= 1
     assert r["load_ms"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 10
     assert r["size_bytes"] == (bundles["onnx-fp32"] / "model.onnx").stat().st_size
     assert r["images"] is None and r["accuracy"] is None and r["threads"] == 1

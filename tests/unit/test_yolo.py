@@ -81,7 +81,12 @@ def test_augment_moves_boxes_with_pixels(seed):
 def test_topk():
     scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.3, 0.2], [0.2, 0.3, 0.5]])
     result = topk_accuracy(np.array([1, 1, 0]), scores)
-    assert result["top1"] == pytest.approx(1 / 3) and result["top5"] == pytest.approx(1.0)
+    # 3 classes: top-5 is 1.0 by construction, so it is not reported
+    assert result["top1"] == pytest.approx(1 / 3) and result["top5"] is None
+    wide = np.zeros((2, 7))
+    wide[0, [6, 5, 4, 3, 2, 1]] = [6, 5, 4, 3, 2, 1]  # label 1 ranks 6th for the first sample
+    wide[1, 1] = 1.0
+    assert topk_accuracy(np.array([1, 1]), wide) == {"metric": "top1", "top1": 0.5, "top5": 0.5}
 
 
 def test_ignore_marks_overlapping_priors_but_never_positives():
