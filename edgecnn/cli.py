@@ -402,10 +402,12 @@ _regression_options = options(
 @click.option("--format", "fmt", type=choice(ReportFormat), default=ReportFormat.TABLE.value, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Accuracy vs latency PNG (Pareto front).")
+@click.option("--save-predictions", type=click.Path(dir_okay=False), default=None,
+              help="Write predictions on --data as JSON (COCO results with the data set's ids for detectors); "
+                   "one file per variant, FILE-<model>-<backend>-<precision>.json, when there are several.")
 def bench_cmd(target, models, backend, precision, prune, weights, data, calib, device, ssh_options, remote_python,
-              emulate,
-              limit, runs, warmup, threads, baseline, max_map_drop, max_top1_drop, max_latency_increase,
-              max_instructions_increase, fmt, output, plot, contract) -> None:
+              emulate, limit, runs, warmup, threads, baseline, max_map_drop, max_top1_drop, max_latency_increase,
+              max_instructions_increase, fmt, output, plot, save_predictions, contract) -> None:
     """Benchmark models on a target: latency percentiles, FPS, accuracy; native, emulated or over SSH."""
     for path, what in ((output, "--output"), (plot, "--plot")):  # written at the end: checked first
         if path:
@@ -419,7 +421,7 @@ def bench_cmd(target, models, backend, precision, prune, weights, data, calib, d
     plan = make_plan(target, models=list(models) or None, backends=backend, precisions=precision,
                      prunes=prune, device=device, emulate=emulate, data=data, limit=limit, runs=runs,
                      warmup=warmup, threads=threads, weights=weights, ssh_options=tuple(ssh_options),
-                     remote_python=remote_python, calib=calib, contract=contract)
+                     remote_python=remote_python, calib=calib, contract=contract, save_predictions=save_predictions)
     doc = bench(plan) if fmt != ReportFormat.TABLE and output is None else render.with_progress(plan, bench)
     text = report.render(doc, ReportFormat.MD.value if fmt == ReportFormat.TABLE else fmt)
     if output:

@@ -109,11 +109,21 @@ def ablation_table(results: dict[str, dict], rows: list[tuple[str, tuple[str, ..
     return lines
 
 
+def sanity_line(results: dict[str, dict]) -> list[str]:
+    """Whether val-shift's scenes drawn in the trained style score like val: if so, the drop is the style's."""
+    none, val = results["none"]["fp32"]["map50_95"], results["val"]["fp32"]["map50_95"]
+    if none is None or val is None:
+        return []
+    verdict = ("so the new seeds, layouts and label files cost nothing and the drop is the style's"
+               if abs(none - val) < 0.02 else "so part of the drop is not the style's")
+    return [f"`none` scores fp32 mAP@0.5:0.95 {fmt(none)} against val's {fmt(val)}: {verdict}.", ""]
+
+
 def readme_paragraph(results: dict[str, dict]) -> str:
     v, s = results["val"], results["val-shift"]
     return (
         "The demo detector has only ever seen one style of scene. A second detection split, `val-shift` "
-        "(`edgecnn.data.demo`, 300 images, its own seeds; in each image a random non-empty subset of four "
+        f"(`edgecnn.data.demo`, {s['fp32']['images']} images, its own seeds; in each image a random non-empty subset of four "
         "aspects is drawn in a style no training image has: striped, checked, mosaic or dark backgrounds; "
         "outlined, gradient, striped or noisy fills; dense clutter with scribbles and glyphs; objects from "
         "16 to 168 px and up to six of them), with the same classes and COCO labels, shows how far its "
@@ -163,12 +173,15 @@ def write_note(path: Path, results: dict, data: dict[str, Path], ablation: list,
         lines += [
             "## What each aspect costs on its own",
             "",
-            "The same 300 layouts as val-shift (`demo.generate(\"detection\", \"val-shift\", folder, "
-            "aspects=[...])`, a temporary folder), with exactly the named aspects restyled in every image; "
-            "`none` is val-shift's layouts entirely in the trained style.",
+            f"val-shift's first {results['val-shift']['fp32']['images']} scenes (`demo.generate(\"detection\", "
+            "\"val-shift\", folder, aspects=[...])`, a temporary folder) with exactly the named aspects "
+            "restyled in every image and the rest in the trained style; each part of a scene has its own "
+            "random stream, so the objects (unless size is restyled), backgrounds and camera effects are "
+            "the same in every row. `none` is those scenes entirely in the trained style.",
             "",
             *ablation_table(results, ablation),
             "",
+            *sanity_line(results),
         ]
     lines += ["## Commands", "", "```"]
     lines += [" ".join(["python3", "-m", *bench_argv(Path(shown(p)), limit)]) for p in data.values()]

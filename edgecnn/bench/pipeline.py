@@ -66,6 +66,7 @@ class BenchPlan:
     remote_python: str = "python3"  # ssh mode: the board's interpreter (a venv's python, say)
     calib: str | None = None  # calibration set for int8 of models that are not demo models
     contract: dict | None = None  # data-contract options for model files (edgecnn.contract)
+    save_predictions: str | None = None  # write each variant's predictions (COCO results for detectors) here
 
 
 def parse_prune(text: str) -> str | None:
@@ -136,7 +137,8 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
               emulate: bool | None = None, data: str | None = None, limit: int | None = None, runs: int = 50,
               warmup: int = 5, threads: int | None = None, weights: str = "demo",
               ssh_options: tuple[str, ...] = (), remote_python: str = "python3",
-              calib: str | None = None, contract: dict | None = None) -> BenchPlan:
+              calib: str | None = None, contract: dict | None = None,
+              save_predictions: str | None = None) -> BenchPlan:
     """Resolve the command line into the list of variants to run; raises on anything inconsistent.
 
     Everything the arguments alone decide (the --device syntax, the --data path and layout, model
@@ -159,17 +161,22 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
             raise DataError(f"target {t.name} cannot use backend {b!r}; its backends: {', '.join(t.backends)}")
     prune_specs = [parse_prune(p) for p in (prunes or ["none"])]
     models = list(models or DEMO_MODELS)
-    if data is None and weights != "demo":
-        raise DataError("--data is needed to measure accuracy when the weights are not the demo weights")
     if limit is not None and limit < 1:
         raise DataError("--limit must be 1 or more")
+    layout = None
     if data is not None:
         from edgecnn.data.formats import dataset_layout
 
         try:
-            dataset_layout(data)
+            layout = dataset_layout(data, unlabelled=True)
         except DataError as e:
             raise DataError(f"--data: {e}") from None
+    if save_predictions is not None:
+        from edgecnn.paths import check_output
+
+        if data is None and weights != "demo":
+            raise DataError("--save-predictions needs --data: predictions are made on a data set's images")
+        check_output(save_predictions, "file", "--save-predictions")
     if calib is not None and Precision.INT8.value in precisions:
         from edgecnn.data.calibration import load_calibration_set
 
@@ -182,11 +189,11 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
     # A model file is benched at its own precision unless --precision says otherwise (fp16/int8 files pass
     # through as they are); zoo models at fp32 and int8.
     per_model = {m: requested or (precisions if own is None else [own]) for m, (_, own) in facts.items()}
-    _check_user_models(models, weights, per_model, facts, data, calib)
+    _check_user_models(models, weights, per_model, facts, calib)
     from edgecnn.compile import compiler
 
     variants = []
-    notes = []
+    notes = _input_notes(models, weights, data, layout)
     wanted = [p for p in Precision.values() if any(p in ps for ps in per_model.values())]
     for b in backends or []:  # a combination the backend does not build is left out, never faked
         for prec in wanted:
@@ -203,7 +210,24 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
     if (ssh_options or remote_python != "python3") and mode is not Mode.SSH:
         raise DataError("--ssh-option and --remote-python apply only with --device")
     return BenchPlan(t, mode, variants, data, device, limit, runs, warmup, threads, weights, notes,
-                     tuple(ssh_options), remote_python, calib, contract)
+                     tuple(ssh_options), remote_python, calib, contract, save_predictions)
+
+
+def _input_notes(models: list[str], weights: str, data: str | None, layout: str | None) -> list[str]:
+    """What each model is timed and scored on, when it is not labelled data: said in the notes, not implied."""
+    from edgecnn.source import is_zoo_ref
+
+    if layout == "images":
+        return [f"--data {data} is a folder of images without labels: latency and fidelity to the source model "
+                "only; accuracy is null"]
+    if data is not None:
+        return []
+    own = [m for m in models if not (is_zoo_ref(m) and weights == "demo")]
+    if not own:
+        return []
+    return [f"{', '.join(Path(m).name for m in own)}: no --data, so timed on synthetic inputs (random pixels "
+            "through the model's own normalisation); accuracy is null: pass --data for a labelled set or a "
+            "folder of images"]
 
 
 def _check_device(device: str) -> None:
@@ -218,8 +242,9 @@ def _check_device(device: str) -> None:
 
 
 def _check_user_models(models: list[str], weights: str, precisions: dict[str, list[str]], facts: dict,
-                       data: str | None, calib: str | None) -> None:
-    """The demo calibration and val splits belong to the demo models only: any other model brings its own.
+                       calib: str | None) -> None:
+    """The demo calibration split belongs to the demo models only: any other model brings its own for int8
+    (without --data it is timed on synthetic inputs, never scored on the demo val split).
 
     Decided from the arguments alone, before a model is loaded: a model is a demo
     model when it is a zoo name benched with the demo weights; a name that is neither
@@ -234,19 +259,17 @@ def _check_user_models(models: list[str], weights: str, precisions: dict[str, li
         if "int8" in precisions[m] and facts[m][1] != "int8" and calib is None:
             raise DataError(f"int8 for {m} needs its own calibration images: pass --calib (a named set under "
                             "calibration/ or a folder of images); the demo set fits only the demo models")
-        if data is None:
-            raise DataError(f"--data is needed to measure the accuracy of {m}: the demo val split fits only the "
-                            "demo models")
 
 
-def _data_for(source, plan: BenchPlan) -> str:
-    """The labelled data a variant is scored on: --data, or the demo val split for demo models only."""
+def _data_for(source, plan: BenchPlan) -> str | None:
+    """The data a variant runs on: --data, the demo val split for demo models only, else None (synthetic
+    inputs: no user model is ever scored on the demo shapes)."""
     if plan.data:
         if not Path(plan.data).exists():
             raise DataError(f"data set not found: {plan.data}")
         return plan.data
-    if not source.demo:  # make_plan refuses this; a second guard so no user model is scored on demo shapes
-        raise DataError(f"--data is needed to measure the accuracy of {source.ref}")
+    if not source.demo:
+        return None
     from edgecnn.data import demo
 
     return str(demo.demo_path(source.task, "val"))
@@ -286,22 +309,52 @@ def run_variant(variant: Variant, plan: BenchPlan, log: Callable[[str], None] = 
         "bundle": str(bundle.path), "size_bytes": bundle.size_bytes, "macs": man.macs, "params": man.params,
         "emulated_instructions": None, "predicted_latency_ms": None,
     }
+    row["task"] = man.task
     if plan.mode is Mode.NATIVE:
         log(f"{variant.model} {variant.backend} {variant.precision}: running on this machine")
-        row.update(_measured(run_native(bundle.path, data=data, limit=plan.limit, runs=plan.runs,
-                                        warmup=plan.warmup, threads=plan.threads)))
+        result = run_native(bundle.path, data=data, limit=plan.limit, runs=plan.runs, warmup=plan.warmup,
+                            threads=plan.threads)
     elif plan.mode is Mode.SSH:
         from edgecnn.bench.remote import run_remote
 
         log(f"{variant.model} {variant.backend} {variant.precision}: running on {plan.device}")
-        row.update(_measured(run_remote(bundle, plan.device, data=data, limit=plan.limit, runs=plan.runs,
-                                        warmup=plan.warmup, threads=plan.threads, ssh_options=plan.ssh_options,
-                                        python=plan.remote_python)))
+        result = run_remote(bundle, plan.device, data=data, limit=plan.limit, runs=plan.runs, warmup=plan.warmup,
+                            threads=plan.threads, ssh_options=plan.ssh_options, python=plan.remote_python)
         row["device"] = plan.device
     else:
-        row.update(_emulated(bundle, source, variant, plan, data, log))
+        result = _emulated(bundle, source, variant, plan, data, log)
+    row.update(_measured(result))
     row["mode"] = plan.mode.value
+    if "fidelity" not in row:
+        row["fidelity"] = _fidelity_here(bundle, source, variant, plan, data, log)
+    if plan.save_predictions and result.get("predictions") is not None:
+        from edgecnn.runner.metrics import save_coco_results
+
+        row["predictions_file"] = str(save_coco_results(_predictions_path(plan, variant), result["predictions"]))
     return row
+
+
+def _fidelity_here(bundle, source, variant: Variant, plan: BenchPlan, data: str | None, log) -> dict:
+    """Per-output agreement with the source model, run on this machine (edgecnn.bench.fidelity)."""
+    from edgecnn.bench import fidelity as f
+
+    if f.runs_here(bundle):
+        return f.fidelity(bundle, source, data)
+    log(f"{variant.model} {variant.backend} {variant.precision}: fidelity from a host build of the same model")
+    from edgecnn.targets import host_target
+
+    return f.fidelity(_compile(source, variant, host_target(), plan, log), source, data, "host build")
+
+
+def _predictions_path(plan: BenchPlan, variant: Variant) -> Path:
+    """--save-predictions FILE for a one-variant bench; FILE-<model>-<backend>-<precision>[-<prune>].json else."""
+    path = Path(plan.save_predictions)
+    if len(plan.variants) == 1:
+        return path
+    parts = [Path(variant.model).stem, variant.backend, variant.precision]
+    if variant.prune:
+        parts.append(variant.prune.replace(":", ""))
+    return path.with_name(f"{path.stem}-{'-'.join(parts)}{path.suffix or '.json'}")
 
 
 def run_native(bundle: Path, *, data: str | None, limit: int | None, runs: int, warmup: int,
@@ -332,13 +385,16 @@ def run_native(bundle: Path, *, data: str | None, limit: int | None, runs: int, 
 
 _MEASURED_KEYS = ("latency_ms", "fps", "load_ms", "first_inference_ms", "peak_rss_mb", "threads", "images",
                   "accuracy")
+# Present when the run gave them (an older runner on a board may not).
+_OPTIONAL_KEYS = ("fps_mean", "inputs", "machine", "emulated_instructions", "predicted_latency_ms",
+                  "emulated_check", "fidelity")
 
 
 def _measured(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: result.get(k) for k in _MEASURED_KEYS}
+    return {**{k: result.get(k) for k in _MEASURED_KEYS}, **{k: result[k] for k in _OPTIONAL_KEYS if k in result}}
 
 
-def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str, log) -> dict[str, Any]:
+def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str | None, log) -> dict[str, Any]:
     from edgecnn.emulate.bundle import run_bundle_emulated
     from edgecnn.runner.run import run_bundle
     from edgecnn.targets import host_target
@@ -349,7 +405,9 @@ def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str, log)
     log(f"{variant.model} {variant.backend} {variant.precision}: accuracy on this machine "
         f"({'same artifact' if portable else 'host build of the same model'})")
     native = run_bundle(reference, data=data, limit=plan.limit, runs=1, warmup=0, threads=plan.threads)
-    sample = _sample_inputs(bundle, data, min(EMULATED_SAMPLE, plan.limit or EMULATED_SAMPLE))
+    from edgecnn.bench.fidelity import fidelity, inputs_for
+
+    sample = inputs_for(bundle, data, min(EMULATED_SAMPLE, plan.limit or EMULATED_SAMPLE))[1]
     log(f"{variant.model} {variant.backend} {variant.precision}: {len(sample)} image(s) under qemu "
         f"-cpu {plan.target.qemu_cpu}")
     emu = run_bundle_emulated(bundle, sample, plan.target)
@@ -364,22 +422,14 @@ def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str, log)
     return {
         "latency_ms": None, "fps": None, "load_ms": None, "first_inference_ms": None, "peak_rss_mb": None,
         "threads": 1, "images": native.get("images"), "accuracy": native.get("accuracy"),
+        "inputs": native.get("inputs"), "predictions": native.get("predictions"),
+        "fidelity": fidelity(reference, source, data, "same artifact" if portable else "host build"),
         "emulated_instructions": instructions,
         # Labelled as predicted: a one-point linear model (targets/<name>.toml [cost]), not a measurement.
         "predicted_latency_ms": round(instructions * cost.ns_per_instruction / 1e6, 3) if cost else None,
         "emulated_check": {"images": len(sample), "max_abs_diff": worst, "qemu_cpu": plan.target.qemu_cpu,
                            "accuracy_from": "same artifact, native" if portable else "host build, native"},
     }
-
-
-def _sample_inputs(bundle, data: str, n: int) -> list[np.ndarray]:
-    from edgecnn.data.formats import load_dataset
-    from edgecnn.data.preprocess import Preprocessing
-
-    ds = load_dataset(data).subset(n)
-    prep = Preprocessing.from_dict(bundle.manifest.preprocessing)
-    batches = [prep(s.path)[0] for s in ds.samples]
-    return [b if b.ndim == 4 else b[None] for b in batches]
 
 
 def _outputs_match(host: list, guest: list, manifest) -> float:
@@ -427,6 +477,10 @@ def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
         if on_row:
             on_row(row)
     notes = list(plan.notes)
+    generic = sorted({Path(r["model"]).name for r in results if r.get("task") == "generic"})
+    if generic:
+        notes.append(f"{', '.join(generic)}: generic (no task edgecnn scores): accuracy is null; fidelity gives "
+                     "each output's max |diff|, cosine and SNR against the source model")
     if plan.mode is Mode.EMULATED:
         notes.append("emulated: latency_ms and fps are null (qemu wall-clock is not board time); "
                      "emulated_instructions is the guest count of one inference, 1 thread")

@@ -135,10 +135,14 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 def _ship_data(tar: tarfile.TarFile, data: str | Path, limit: int | None):
     """Add the data set's (first `limit`) images; returns (the runner's --data argument, the local data set)."""
-    from edgecnn.data.dataset import ClassificationDataset
+    from edgecnn.data.dataset import ClassificationDataset, ImageFolder
     from edgecnn.data.formats import load_dataset
 
-    dataset = load_dataset(data).subset(limit)
+    dataset = load_dataset(data, unlabelled=True).subset(limit)
+    if isinstance(dataset, ImageFolder):  # unlabelled: the images alone, a flat folder
+        for s in dataset.samples:
+            tar.add(s.path, f"data/{s.path.name}", recursive=False)
+        return "data", dataset
     if isinstance(dataset, ClassificationDataset):
         for s in dataset.samples:
             tar.add(s.path, f"data/{dataset.classes[s.label]}/{s.path.name}", recursive=False)
@@ -206,7 +210,8 @@ def run_remote(bundle: str | Path | Bundle, device: str, *, data: str | Path | N
     except (IndexError, ValueError):
         raise ToolError(f"the runner on {device} printed no JSON result: {stdout.strip()[-200:]!r}") from None
     result.update(mode="ssh", device=device)
-    if dataset is not None and result.get("accuracy") is None and result.get("task") == "detection":
+    if (dataset is not None and dataset.task == "detection" and result.get("accuracy") is None
+            and result.get("task") == "detection"):
         from edgecnn.runner.metrics import coco_map_from_results
 
         result["accuracy"] = coco_map_from_results(dataset, result.get("predictions") or [])

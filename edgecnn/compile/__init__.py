@@ -38,7 +38,8 @@ COMPILERS: dict[str, str] = {
     Backend.ONNX.value: "edgecnn.compile.onnx",
     Backend.TVM.value: "edgecnn.compile.tvm",
 }
-POSTPROCESS_YOLO = {"kind": "yolo_region", "conf_threshold": 0.005, "iou_threshold": 0.45, "max_detections": 100}
+# Detector post-processing for mAP: a low score threshold (COCO ranks every candidate), per-class NMS.
+POSTPROCESS_DETECTION = {"conf_threshold": 0.005, "iou_threshold": 0.45, "max_detections": 100}
 
 
 @dataclass
@@ -166,7 +167,9 @@ def _key_parts(job, comp) -> dict:
 def _calib_digest(job) -> str:
     from edgecnn.data.calibration import load_calibration_set
 
-    calib = job.calib if job.calib is not None else f"demo-{job.source.task}"
+    from edgecnn.compile.verify import demo_image_set
+
+    calib = job.calib if job.calib is not None else demo_image_set(job.source.task)
     try:
         cset = load_calibration_set(calib)
     except EdgecnnError:
@@ -203,7 +206,7 @@ def _build(job, comp, key: str, folder: Path, work: Path, verify: bool) -> None:
         name=src.name, target=t.name, arch=t.arch, backend=job.backend, precision=job.precision,
         files=built.files, inputs=built.inputs, outputs=built.outputs, task=src.task,
         preprocessing=src.preprocessing.to_dict(), classes=src.classes, head=src.head,
-        postprocess=dict(POSTPROCESS_YOLO) if src.task == "detection" else None, backend_options=built.backend_options,
+        postprocess=dict(POSTPROCESS_DETECTION) if src.task == "detection" else None, backend_options=built.backend_options,
         source={"ref": src.ref, "format": src.kind, "sha256": src.sha256, "weights": src.weights},
         macs=src.macs, params=src.params, tools=built.tools, verification=checks, cache_key=key,
         build={k: val for k, val in built.build.items() if k != "quantization"})

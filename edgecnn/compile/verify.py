@@ -92,10 +92,16 @@ def verification_images(source, calib, count: int) -> tuple[str, np.ndarray]:
     """A few real images in the model's preprocessing: the calibration set given, else the demo set of its task."""
     from edgecnn.data.calibration import load_calibration_set
 
-    cset = load_calibration_set(calib if calib is not None else f"demo-{source.task}")
+    cset = load_calibration_set(calib if calib is not None else demo_image_set(source.task))
     paths = cset.images[:count]
     images = np.concatenate([source.preprocessing(p)[0] for p in paths]).astype(np.float32)
     return cset.name, images
+
+
+def demo_image_set(task: str) -> str:
+    """The demo calibration set whose images stand in for a model's own when none are given: its task's,
+    and the detection scenes (photos-like, many objects) for models of any other task."""
+    return "demo-classification" if task == "classification" else "demo-detection"
 
 
 def source_predictor(source) -> Predict:

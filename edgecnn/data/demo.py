@@ -331,7 +331,7 @@ def _shift_aspects(rng: np.random.Generator, forced: Iterable[str] | None) -> fr
     By default a random non-empty subset (each aspect with probability 1/2, about two per image): the
     split then grades a model by how much novelty it survives instead of bottoming out, and the
     ablation in tools/demo_shift.py gives each aspect's own cost. The draw is made even when `forced`
-    overrides it, so an ablation keeps the split's layouts.
+    overrides it, so that the streams drawn after it stay the split's.
     """
     while not (picked := rng.random(len(SHIFT_ASPECTS)) < 0.5).any():
         pass
@@ -347,33 +347,36 @@ def _render_shifted(task: str, cfg: TaskConfig, rng: np.random.Generator,
                     forced: Iterable[str] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One scene of a shifted split: same classes, box convention and camera, some aspects restyled."""
     aspects = _shift_aspects(rng, forced)
+    # One stream per part, so restyling one aspect leaves the others' draws alone: an ablation then
+    # shows the same objects (unless it restyles size), background and camera as the split.
+    ground, back, layout, paint, front, camera = (np.random.default_rng(s) for s in rng.integers(0, 2**63, 6))
     size = cfg.image_size
     lo, hi, max_objects = SHIFT_OBJECTS[task] if "size" in aspects else (cfg.min_object, cfg.max_object,
                                                                          cfg.max_objects)
-    img = (_shift_background if "background" in aspects else _background)(size, rng)
+    img = (_shift_background if "background" in aspects else _background)(size, ground)
     if "clutter" in aspects:
-        _clutter(img, rng, int(rng.integers(8, 20)))
-        _distractors(img, rng, int(rng.integers(2, 7)), int(rng.integers(0, 5)))
+        _clutter(img, back, int(back.integers(8, 20)))
+        _distractors(img, back, int(back.integers(2, 7)), int(back.integers(0, 5)))
     else:
-        _clutter(img, rng, int(rng.integers(2, 10)))
+        _clutter(img, back, int(back.integers(2, 10)))
     fill = _shift_fill if "fill" in aspects else _flat_fill
-    n = 1 if max_objects == 1 else int(rng.integers(1, max_objects + 1))
+    n = 1 if max_objects == 1 else int(layout.integers(1, max_objects + 1))
     boxes: list[np.ndarray] = []
     labels: list[int] = []
     for _ in range(n):
-        label = int(rng.integers(0, len(CLASSES)))
-        placed = _place_object(label, lo, hi, size, max_objects == 1, boxes, rng)
+        label = int(layout.integers(0, len(CLASSES)))
+        placed = _place_object(label, lo, hi, size, max_objects == 1, boxes, layout)
         if placed is None:
             continue
         poly, box = placed
-        reach = fill(img, np.round(poly * 16).astype(np.int32), rng)
+        reach = fill(img, np.round(poly * 16).astype(np.int32), paint)
         boxes.append(np.concatenate([box[:2] - reach, box[2:] + reach]).clip(0, size))
         labels.append(label)
     if "clutter" in aspects:  # in front of objects
-        _distractors(img, rng, int(rng.integers(1, 4)), int(rng.integers(0, 2)))
+        _distractors(img, front, int(front.integers(1, 4)), int(front.integers(0, 2)))
     else:
-        _clutter(img, rng, int(rng.integers(0, 3)))
-    return _finish(img, rng, boxes, labels)
+        _clutter(img, front, int(front.integers(0, 3)))
+    return _finish(img, camera, boxes, labels)
 
 
 # ---------------------------------------------------------------------------- writing

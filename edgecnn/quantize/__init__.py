@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgecnn.errors import AccuracyError, DataError, EdgecnnError, EdgecnnWarning, ModelError
+from edgecnn.kinds import Task
 from edgecnn.quantize.backends import Backend, IOType, Method, check_options, open_backend
 
 __all__ = ["Backend", "IOType", "Method", "QuantizeResult", "quantize"]
@@ -120,6 +121,9 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
     if cset.task and cset.task != source.task:
         raise DataError(f"calibration set '{cset.name}' is for {cset.task}, but {source.name} is a "
                         f"{source.task} model")
+    if source.task == Task.GENERIC and max_drop is not None:
+        raise DataError(f"--max-drop gates an accuracy drop, and {source.name} is a generic model with no accuracy "
+                        "metric: its int8 fidelity (SNR, cosine per output) is reported instead")
     dataset = _validation_set(source, val, val_limit)
     if dataset is None and max_drop is not None:
         raise DataError(f"--max-drop needs labelled validation data for {source.name}: pass --val "
@@ -211,8 +215,8 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
 
 def _validation_set(source, val, val_limit):
     """The labelled held-out set: `val` if given, the demo val split for demo-weight zoo models, else None."""
-    from edgecnn.data.dataset import Task
-
+    if source.task == Task.GENERIC:
+        return None  # fidelity only, on held-out calibration images
     if val is not None:
         from edgecnn.data.formats import load_dataset
 

@@ -131,9 +131,9 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], metadata: dict,
     return evaluate_detector(predict, dataset, prep, decoder(metadata), batch_size)
 
 
-def primary_metric(task: str) -> str:
-    """The accuracy figure that gates and ranks models of a task: top-1, or COCO mAP@0.5:0.95."""
-    return "top1" if task == Task.CLASSIFICATION else "map50_95"
+def primary_metric(task: str) -> str | None:
+    """The accuracy figure that gates and ranks models of a task: top-1, COCO mAP@0.5:0.95, or None (generic)."""
+    return {Task.CLASSIFICATION: "top1", Task.DETECTION: "map50_95"}.get(Task(task))
 
 
 def accuracy_drop(before: dict | None, after: dict | None) -> float | None:
@@ -148,7 +148,7 @@ def accuracy_drop(before: dict | None, after: dict | None) -> float | None:
 def describe_accuracy(task: str, acc: dict | None) -> str:
     """'top-1 93.20%' or 'mAP@0.5:0.95 41.0, mAP@0.5 66.1' (points) for messages and tables."""
     if acc is None:
-        return "not measured"
+        return "not measured" if primary_metric(task) else "no accuracy metric (generic model)"
     if task == Task.CLASSIFICATION:
         return f"top-1 {acc['top1'] * 100:.2f}%"
     return f"mAP@0.5:0.95 {acc['map50_95'] * 100:.2f}, mAP@0.5 {acc['map50'] * 100:.2f}"

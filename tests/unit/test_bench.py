@@ -50,7 +50,7 @@ def test_every_combination_and_no_fake_tvm_int8():
     ({"prunes": ["channel:1.5"]}, "between 0 and 1"),
     ({"prunes": ["random:0.3"]}, "expected channel:R"),
     ({"limit": 0}, "--limit must be 1 or more"),
-    ({"weights": "my.weights.h5"}, "--data is needed"),
+    ({"weights": "my.weights.h5", "precisions": ["int8"]}, "needs its own calibration images"),
     ({"ssh_options": ("-i", "k")}, "only with --device"),
     ({"device": "pi@:99999"}, r"--device 'pi@:99999' is not user@host\[:port\]"),
     ({"device": "pi@board:0"}, r"--device 'pi@board:0' is not user@host\[:port\].*1-65535"),
@@ -179,11 +179,29 @@ def test_user_model_int8_without_calib_fails_before_any_work(user_files, capsys,
         make_plan("host", models=[str(user_files["model"])], precisions=["int8"], data=str(user_files["val"]))
 
 
-def test_user_model_is_never_scored_on_demo_data(user_files):
-    with pytest.raises(DataError, match="--data is needed to measure the accuracy of"):
-        make_plan("host", models=[str(user_files["model"])], precisions=["fp32"])
-    with pytest.raises(DataError, match="--data is needed"):
-        make_plan("host", models=[str(user_files["model"])], precisions=["int8"], calib=str(user_files["calib"]))
+def test_user_model_is_never_scored_on_demo_data(user_files, tmp_path, monkeypatch):
+    """No --data: timed on synthetic inputs, accuracy null, said in the notes; a bare image folder: timing and
+    fidelity on those images. Either way fidelity compares every output with the source model."""
+    from edgecnn.bench.pipeline import bench
+
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+    model = str(user_files["model"])
+    plan = make_plan("host", models=[model], precisions=["fp32"], backends=["tflite"], runs=3, warmup=1, threads=1)
+    assert any("no --data, so timed on synthetic inputs" in n for n in plan.notes)
+    row = bench(plan)["results"][0]
+    assert row["accuracy"] is None and row["images"] is None and row["inputs"] == "synthetic"
+    assert row["latency_ms"]["p50"] > 0 and row["fps"] == pytest.approx(1000 / row["latency_ms"]["p50"])
+    fid = row["fidelity"]
+    assert fid["inputs"] == "synthetic" and fid["from"] == "same artifact" and fid["images"] == 4
+    assert len(fid["outputs"]) == 1 and fid["outputs"][0]["cosine"] > 0.9999
+
+    folder = str(user_files["calib"])  # a flat folder of images: no labels
+    plan = make_plan("host", models=[model], precisions=["fp32"], backends=["tflite"], data=folder, runs=3,
+                     warmup=1, threads=1)
+    assert any("without labels" in n for n in plan.notes)
+    row = bench(plan)["results"][0]
+    assert row["accuracy"] is None and row["inputs"] == "unlabelled" and row["images"] == 12
+    assert row["fidelity"]["inputs"] == "data" and row["fidelity"]["outputs"][0]["cosine"] > 0.9999
 
 
 @pytest.mark.slow

@@ -1,0 +1,94 @@
+"""Real detectors on real photos, scored by edgecnn and re-scored by pycocotools from the saved predictions.
+
+nudenet's YOLOv8n export (anchor-free head, read from its Ultralytics metadata; free input dims) and
+MediaPipe's BlazeFace short-range .tflite (SSD anchors, float16, head from the package's contract) are
+benched as `edgecnn bench` processes on a COCO file of scikit-image's photos with hand-made face boxes
+(tests/fixtures/faces.py: gapped category and image ids). pycocotools must reproduce edgecnn's mAP from
+`--save-predictions`, and the mAP must be one only a right decode reaches. A segmentation model
+(MediaPipe selfie segmentation) on a folder of unlabelled images gets latency and per-output fidelity,
+accuracy null.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures import faces
+from fixtures import thirdparty as T
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    return {**os.environ, "EDGECNN_CACHE": str(cache), "PYTHONPATH": str(REPO)}
+
+
+def _bench(env, *args) -> dict:
+    cmd = [sys.executable, "-m", "edgecnn", "bench", "--target", "host", "--runs", "5", "--format", "json", *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
+    assert done.returncode == 0, f"{' '.join(cmd)}\n{done.stderr[-2000:]}"
+    assert "Traceback" not in done.stderr
+    return json.loads(done.stdout)
+
+
+def _pycocotools(annotations: Path, predictions: Path) -> tuple[float, float]:
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotations))
+        ev = COCOeval(gt, gt.loadRes(str(predictions)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+        ev.summarize()
+    return float(ev.stats[0]), float(ev.stats[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, variant, categories, extra", [
+    ("nudenet_320n", "bare", "nudenet", ()),  # head from the ONNX metadata (Ultralytics task: detect)
+    ("face_short", "package", "face", ()),  # the SSD head from the sidecar
+])
+def test_real_detector_map_is_what_pycocotools_says(env, tmp_path, name, variant, categories, extra):
+    model = T.fetch(name, variant)
+    annotations = faces.face_photos(tmp_path / "faces", categories)
+    predictions = tmp_path / "predictions.json"
+    doc = _bench(env, "--model", str(model), "--data", str(annotations), "--save-predictions", str(predictions),
+                 *extra)
+    (row,) = doc["results"]
+    assert row["task"] == "detection" and row["inputs"] == "labelled" and row["images"] == 12
+    assert row["predictions_file"] == str(predictions)
+    results = json.loads(predictions.read_text())
+    ids = {c["id"] for c in json.loads(annotations.read_text())["categories"]}
+    image_ids = {i["id"] for i in json.loads(annotations.read_text())["images"]}
+    assert results and {r["category_id"] for r in results} <= ids and {r["image_id"] for r in results} <= image_ids
+    map50_95, map50 = _pycocotools(annotations, predictions)
+    assert row["accuracy"]["map50_95"] == pytest.approx(map50_95, abs=1e-4)
+    assert row["accuracy"]["map50"] == pytest.approx(map50, abs=1e-4)
+    # A decode that mixed up x/y, w/h, anchors or letterboxing scores near 0 on these boxes.
+    assert map50 > 0.5, row["accuracy"]
+    assert row["fidelity"]["outputs"] and all(o["cosine"] > 0.999 for o in row["fidelity"]["outputs"])
+
+
+@pytest.mark.slow
+def test_segmentation_model_on_unlabelled_images_gets_latency_and_fidelity(env, tmp_path):
+    model = T.fetch("selfie_seg", "bare")
+    folder = faces.face_photos(tmp_path / "faces", "face").parent / "images"
+    doc = _bench(env, "--model", str(model), "--data", str(folder))
+    (row,) = doc["results"]
+    assert row["task"] == "generic" and row["accuracy"] is None and row["inputs"] == "unlabelled"
+    assert row["images"] == len(list(folder.iterdir()))
+    assert row["latency_ms"]["p50"] > 0 and row["fps"] == pytest.approx(1000 / row["latency_ms"]["p50"])
+    (out,) = row["fidelity"]["outputs"]
+    assert row["fidelity"]["inputs"] == "data" and out["cosine"] > 0.999
+    assert any("without labels" in n for n in doc["notes"]) and any("generic" in n for n in doc["notes"])
