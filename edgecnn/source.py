@@ -217,6 +217,10 @@ def _from_zoo(ref: str, weights, preprocessing) -> SourceModel:
         head = spec.head_for(kwargs)
     if preprocessing is not None:
         pre = preprocessing
+    if head is not None:
+        from edgecnn.runner.heads import head_spec
+
+        head = head_spec(head, f"{spec.name} head")  # the manifest records the head's type, like a file's
     src = SourceModel(name=spec.name, ref=ref, kind="keras", task=spec.task, preprocessing=_prep(pre, ref),
                       classes=classes, head=head, input_shape=tuple(model.input_shape), weights=str(weights),
                       demo=demo, keras_model=model)

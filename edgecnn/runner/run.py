@@ -136,7 +136,8 @@ def run_bundle(bundle: str | Path | Bundle, *, data: str | Path | None = None, l
     timing = time_session(session, inputs, runs, warmup)
 
     result: dict[str, Any] = {
-        "model": m.name, "target": m.target, "backend": m.backend, "precision": m.precision,
+        # built_for: the target the bundle was compiled for; machine: where this run happened (not always one)
+        "model": m.name, "built_for": m.target, "backend": m.backend, "precision": m.precision,
         "task": m.task, "pruning": m.pruning, "mode": "native", "threads": session.threads,
         "machine": machine(), "images": None, "size_bytes": b.size_bytes, "macs": m.macs,
         "latency_ms": timing["latency_ms"], "fps": timing["fps"], "fps_mean": timing["fps_mean"],

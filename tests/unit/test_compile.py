@@ -83,7 +83,8 @@ def test_detector_manifest_and_jetson_onnx_provider(files, tmp_path):
     r = _compile(files, "jetson-orin", tmp_path / "b", model=files["dets"], backend="onnx")
     m = r.bundle.manifest
     assert m.task == "detection" and m.head["anchors"] == F.ANCHORS
-    assert m.postprocess == {"kind": "yolo_region", "conf_threshold": 0.005, "iou_threshold": 0.45,
+    assert m.head["type"] == "yolo_region"
+    assert m.postprocess == {"conf_threshold": 0.005, "iou_threshold": 0.45,
                              "max_detections": 100}
     assert m.backend_options["execution_provider"] == "TensorrtExecutionProvider"
     assert m.verification["status"] == "passed" and "note" in m.verification

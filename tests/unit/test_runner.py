@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -131,7 +132,7 @@ def test_latency_statistics():
 
 
 BENCH_KEYS = {"latency_ms", "fps", "load_ms", "first_inference_ms", "peak_rss_mb", "size_bytes", "threads",
-              "images", "accuracy", "backend", "precision", "target", "mode", "model"}
+              "images", "accuracy", "backend", "precision", "built_for", "machine", "mode", "model"}
 
 
 def test_run_bundle_without_data(bundles):
@@ -140,7 +141,9 @@ def test_run_bundle_without_data(bundles):
     assert set(r["latency_ms"]) == {"mean", "p50", "p90", "p99", "std"}
     assert r["fps"] == pytest.approx(1000 / r["latency_ms"]["p50"])  # agrees with the p50 column
     assert r["fps_mean"] == pytest.approx(1000 / r["latency_ms"]["mean"])
-    assert r["inputs"] == "synthetic" and r["machine"]["arch"] and r["machine"]["cores"] >= 1
+    assert r["inputs"] == "synthetic" and r["machine"]["cores"] >= 1
+    # built for an a72, run here: the result names both, and never calls this machine the a72
+    assert r["built_for"] == "a72" and r["machine"]["arch"] == platform.machine() and "target" not in r
     assert r["load_ms"] > 0 and r["first_inference_ms"] > 0 and r["peak_rss_mb"] > 10
     assert r["size_bytes"] == (bundles["onnx-fp32"] / "model.onnx").stat().st_size
     assert r["images"] is None and r["accuracy"] is None and r["threads"] == 1
