@@ -397,7 +397,10 @@ _regression_options = options(
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate on the first N images only.")
 @click.option("--runs", type=click.IntRange(min=1), default=50, show_default=True, help="Timed runs per variant.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Runtime threads [default: target cores].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Runtime threads [default: target cores; 1 on a machine with 2 cores or fewer].")
+@click.option("--cpu-time", is_flag=True, default=False,
+              help="Native runs: latency as process CPU time per invoke (steadier on a busy machine).")
 @_regression_options
 @click.option("--format", "fmt", type=choice(ReportFormat), default=ReportFormat.TABLE.value, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
@@ -406,8 +409,8 @@ _regression_options = options(
               help="Write predictions on --data as JSON (COCO results with the data set's ids for detectors); "
                    "one file per variant, FILE-<model>-<backend>-<precision>.json, when there are several.")
 def bench_cmd(target, models, backend, precision, prune, weights, data, calib, device, ssh_options, remote_python,
-              emulate, limit, runs, warmup, threads, baseline, max_map_drop, max_top1_drop, max_latency_increase,
-              max_instructions_increase, fmt, output, plot, save_predictions, contract) -> None:
+              emulate, limit, runs, warmup, threads, cpu_time, baseline, max_map_drop, max_top1_drop,
+              max_latency_increase, max_instructions_increase, fmt, output, plot, save_predictions, contract) -> None:
     """Benchmark models on a target: latency percentiles, FPS, accuracy; native, emulated or over SSH."""
     for path, what in ((output, "--output"), (plot, "--plot")):  # written at the end: checked first
         if path:
@@ -421,7 +424,8 @@ def bench_cmd(target, models, backend, precision, prune, weights, data, calib, d
     plan = make_plan(target, models=list(models) or None, backends=backend, precisions=precision,
                      prunes=prune, device=device, emulate=emulate, data=data, limit=limit, runs=runs,
                      warmup=warmup, threads=threads, weights=weights, ssh_options=tuple(ssh_options),
-                     remote_python=remote_python, calib=calib, contract=contract, save_predictions=save_predictions)
+                     remote_python=remote_python, calib=calib, contract=contract, save_predictions=save_predictions,
+                     cpu_time=cpu_time)
     doc = bench(plan) if fmt != ReportFormat.TABLE and output is None else render.with_progress(plan, bench)
     text = report.render(doc, ReportFormat.MD.value if fmt == ReportFormat.TABLE else fmt)
     if output:

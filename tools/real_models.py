@@ -54,16 +54,18 @@ class Step:
              data: Path | None = None) -> list[str]:
         """The command's arguments after `edgecnn`; `--format json` so a working step's figures can be read.
 
-        bench gets `--data` where a labelled set can be made for the model (the text-line classifier's
-        0/180 lines); the others have none, which bench refuses for a user's model today.
+        bench gets `--data`: a labelled set where one can be made for the model (the text-line classifier's
+        0/180 lines, the face detectors' photos), else the calibration folder as unlabelled images (latency
+        and fidelity, accuracy null); quantize gets the labelled set as `--val`.
         """
         if self.verb == "compile":
             args = ["compile", str(path), "--target", self.target, "--backend", self.backend, "-o", str(out)]
         elif self.verb == "quantize":
-            args = ["quantize", str(path), "--calib", str(calib), "-o", str(out)]
+            args = ["quantize", str(path), "--calib", str(calib), "-o", str(out)] + (
+                ["--val", str(data)] if data else [])
         else:
             args = ["bench", "--target", self.target, "--model", str(path), "--precision", model.precision,
-                    "--runs", str(runs), "--warmup", "1"] + (["--data", str(data)] if data else [])
+                    "--runs", str(runs), "--warmup", "1", "--data", str(data or calib)]
         return args + ["--format", "json"]
 
 
@@ -200,6 +202,14 @@ def figure(step: Step, data: dict) -> str:
     metric = acc.get("metric")
     if metric and isinstance(acc.get(metric), (int, float)):
         parts.append(f"{metric} {acc[metric]:.3f} on {r.get('images', '?')} images")
+    elif r.get("task") == "generic" or r.get("inputs") == "unlabelled":
+        parts.append(f"{r.get('task')}, accuracy null ({r.get('inputs')} images: {r.get('images', '?')})")
+    outputs = _get(r, "fidelity", "outputs", default=None) or []
+    snr = [o.get("snr_db") for o in outputs if isinstance(o.get("snr_db"), (int, float))]
+    if snr:
+        parts.append(f"fidelity SNR {min(snr):.1f} dB")
+    elif outputs:
+        parts.append("fidelity exact (same bytes)")
     return ", ".join(parts)
 
 
@@ -280,7 +290,8 @@ def markdown(results: dict, runs: int) -> str:
              "works: exit 0 with the JSON asked for; refuses: exit 1 and exactly one `Error:` line, no traceback; "
              "**BROKEN**: a traceback, an internal error, another exit code, several `Error:` lines, or no "
              "result in time.", ""]
-    for variant in T.VARIANTS:
+    shown = [v for v in T.VARIANTS if v in results] or list(T.VARIANTS)  # the variants this run has
+    for variant in shown:
         got = results.get(variant, {})
         lines += [f"## {VARIANT_WORDS[variant].capitalize()}", "",
                   "| model | file | " + " | ".join(s.name for s in steps) + " |", "|---|---|" + "---|" * len(steps)]
@@ -298,17 +309,18 @@ def markdown(results: dict, runs: int) -> str:
                   f"sha256 `{m.sha256}`. Contract from {m.source}.", ""]
         if m.gaps:
             lines += ["What the sidecar cannot say: " + "; ".join(m.gaps) + ".", ""]
-        lines += ["| step | " + " | ".join(f"{v} sidecar" for v in T.VARIANTS) + " |",
-                  "|---|" + "---|" * len(T.VARIANTS)]
+        lines += ["| step | " + " | ".join(f"{v} sidecar" for v in shown) + " |", "|---|" + "---|" * len(shown)]
         for s in steps:
             lines.append(f"| {s.name} | "
-                         + " | ".join(_detail(results.get(v, {}).get(m.name, {}).get(s.name)) for v in T.VARIANTS)
+                         + " | ".join(_detail(results.get(v, {}).get(m.name, {}).get(s.name)) for v in shown)
                          + " |")
         lines.append("")
     lines += ["## Commands", "", "MODEL is the extracted file with its sidecar beside it, OUT a new folder per step, "
               "CALIB the model's image folder, PRECISION the file's own (fp32 for the ONNX files, fp16 for the "
-              "MediaPipe files); bench gets `--data DATA` for ppocr_cls (upright and upside-down text lines in "
-              "class folders 0/ and 180/).", ""]
+              "MediaPipe files); bench gets `--data DATA` and quantize `--val DATA` where a labelled set exists "
+              "(ppocr_cls: upright and upside-down text lines in class folders 0/ and 180/; nudenet_320n and "
+              "face_short: tests/fixtures/faces.py's COCO file of photos with hand-made face boxes), else bench "
+              "gets `--data CALIB` as unlabelled images (latency and fidelity, accuracy null).", ""]
     for s in steps:
         args = s.argv(models[0], Path("MODEL"), Path("OUT"), Path("CALIB"), runs=runs)
         args = ["PRECISION" if i and args[i - 1] == "--precision" else a for i, a in enumerate(args)]

@@ -17,7 +17,7 @@ Modes:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -67,6 +67,7 @@ class BenchPlan:
     calib: str | None = None  # calibration set for int8 of models that are not demo models
     contract: dict | None = None  # data-contract options for model files (edgecnn.contract)
     save_predictions: str | None = None  # write each variant's predictions (COCO results for detectors) here
+    cpu_time: bool = False  # native latency from process CPU time instead of wall time (edgecnn.bench.timing)
 
 
 def parse_prune(text: str) -> str | None:
@@ -138,7 +139,7 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
               warmup: int = 5, threads: int | None = None, weights: str = "demo",
               ssh_options: tuple[str, ...] = (), remote_python: str = "python3",
               calib: str | None = None, contract: dict | None = None,
-              save_predictions: str | None = None) -> BenchPlan:
+              save_predictions: str | None = None, cpu_time: bool = False) -> BenchPlan:
     """Resolve the command line into the list of variants to run; raises on anything inconsistent.
 
     Everything the arguments alone decide (the --device syntax, the --data path and layout, model
@@ -209,8 +210,16 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
         raise DataError("nothing to bench: every requested combination was excluded")
     if (ssh_options or remote_python != "python3") and mode is not Mode.SSH:
         raise DataError("--ssh-option and --remote-python apply only with --device")
+    if cpu_time and mode is not Mode.NATIVE:
+        raise DataError("--cpu-time applies to native runs (here); emulated runs count instructions, and over "
+                        "ssh the board's wall time is the figure")
+    if mode is Mode.NATIVE:
+        from edgecnn.bench.timing import default_threads
+
+        threads, why = default_threads(threads)
+        notes += [why] if why else []
     return BenchPlan(t, mode, variants, data, device, limit, runs, warmup, threads, weights, notes,
-                     tuple(ssh_options), remote_python, calib, contract, save_predictions)
+                     tuple(ssh_options), remote_python, calib, contract, save_predictions, cpu_time)
 
 
 def _input_notes(models: list[str], weights: str, data: str | None, layout: str | None) -> list[str]:
@@ -464,12 +473,15 @@ def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
         require_environment(plan.target, need_plugin=True)
     results = []
     sources: dict[tuple, Any] = {}  # each model (and pruned form) is loaded once, not once per variant
+    # Native: each variant's own run measures load, memory and accuracy; latency comes from the side-by-side
+    # timing after all of them (edgecnn.bench.timing), so those runs time one invoke only.
+    single = replace(plan, runs=1, warmup=0) if plan.mode is Mode.NATIVE else plan
     for v in plan.variants:
         try:
             key = (v.model, v.prune)
             if key not in sources:
                 sources[key] = load_variant_source(v, plan, log)
-            row = run_variant(v, plan, log, sources[key])
+            row = run_variant(v, single, log, sources[key])
         except EdgecnnError as e:  # name the variant: one line still, but the user knows which
             raise type(e)(f"{v.model} {v.backend} {v.precision}"
                           f"{' ' + v.prune if v.prune else ''}: {e}") from None
@@ -477,6 +489,15 @@ def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
         if on_row:
             on_row(row)
     notes = list(plan.notes)
+    if plan.mode is Mode.NATIVE:
+        from edgecnn.bench.timing import time_side_by_side
+
+        log(f"timing {len(results)} variant(s) side by side: {plan.runs} runs each in interleaved rounds")
+        notes += time_side_by_side(results, runs=plan.runs, warmup=plan.warmup, threads=plan.threads,
+                                   cpu_time=plan.cpu_time)
+    elif plan.mode is Mode.SSH and len(results) > 1:
+        notes.append("ssh: variants were timed one after another on the board, not interleaved; compare them "
+                     "on an idle board")
     generic = sorted({Path(r["model"]).name for r in results if r.get("task") == "generic"})
     if generic:
         notes.append(f"{', '.join(generic)}: generic (no task edgecnn scores): accuracy is null; fidelity gives "

@@ -57,3 +57,72 @@ def predictor(model: bytes | Path | str, threads: int = 1,
 def output_names(model: bytes | Path | str) -> list[str]:
     """The model's output names, in output order."""
     return [o.name for o in session(model).get_outputs()]
+
+
+# What onnxruntime's CPU provider turns a QDQ node unit into when it fuses it: the op then runs in integers.
+# A unit it leaves alone runs as the float op between DequantizeLinear/QuantizeLinear (or inside a float
+# FusedConv / NCHWc Conv), which is why the quantized ops are counted rather than the float ones.
+INTEGER_FORMS = {
+    "Conv": ("QLinearConv", "ConvInteger"),
+    "Add": ("QLinearAdd",),
+    "Mul": ("QLinearMul",),
+    "MatMul": ("QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat"),
+    "Gemm": ("QGemm",),
+}
+
+
+def _meant_integer(model) -> dict[str, int]:
+    """Per op type: the nodes whose data inputs all come from DequantizeLinear, i.e. that the quantizer made int8.
+
+    A node kept in float on purpose (nodes_to_exclude) reads a float weight, so it is not counted.
+    """
+    dq_outputs = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    counts = dict.fromkeys(INTEGER_FORMS, 0)
+    for node in model.graph.node:
+        if node.op_type in counts and node.domain in ("", "ai.onnx"):
+            data = [i for i in node.input[:2] if i]  # Conv/Gemm's bias (third input) does not decide it
+            if data and all(i in dq_outputs for i in data):
+                counts[node.op_type] += 1
+    return counts
+
+
+def float_ops_after_optimisation(model_path: Path | str, work: Path | str | None = None,
+                                 int8_allowed: bool | None = None) -> dict[str, tuple[int, int]]:
+    """Per op type of a QDQ model: (nodes onnxruntime still runs in float, nodes the quantizer made int8), after its graph
+    optimisation on this machine's CPU provider at ORT_ENABLE_ALL, the level every edgecnn session runs at.
+
+    Only op types the model quantizes appear. `int8_allowed` overrides onnxruntime's own choice of fusing
+    QDQ units with signed int8 activations (session.qdqisint8allowed; its default is on for ARM, off for
+    x86), so an x86 machine can show which units an ARM onnxruntime fuses. The optimised model is written
+    into `work` (a temporary folder when None). ModelError when onnxruntime cannot load the model.
+    """
+    import tempfile
+
+    import onnx
+    import onnxruntime as ort
+
+    model_path = Path(model_path)
+    meant = {op: n for op, n in _meant_integer(onnx.load(str(model_path), load_external_data=False)).items() if n}
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        optimised = Path(tmp) / "optimised.onnx"
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(optimised)
+        opts.log_severity_level = QUIET  # it warns that an ENABLE_ALL model is tied to this machine: known
+        if int8_allowed is not None:
+            opts.add_session_config_entry("session.qdqisint8allowed", "1" if int8_allowed else "0")
+        try:
+            ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+        except (RuntimeError, ValueError) as e:
+            raise ModelError(f"onnxruntime cannot load {model_path.name}: {str(e).splitlines()[0]}") from None
+        nodes = onnx.load(str(optimised), load_external_data=False).graph.node
+    fused = {op: sum(1 for n in nodes if n.op_type in INTEGER_FORMS[op]) for op in meant}
+    return {op: (max(0, total - fused[op]), total) for op, total in meant.items()}
+
+
+def describe_float_ops(counts: dict[str, tuple[int, int]]) -> str | None:
+    """'3 of 52 Conv and 10 of 10 Add' for the op types with any node left in float; None when none is."""
+    left = [f"{n} of {total} {op}" for op, (n, total) in counts.items() if n]
+    if not left:
+        return None
+    return ", ".join(left[:-1]) + (" and " if len(left) > 1 else "") + left[-1]
