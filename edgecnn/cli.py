@@ -22,8 +22,8 @@ import click
 from edgecnn import __version__, render
 from edgecnn.errors import EdgecnnError, EdgecnnWarning
 from edgecnn.paths import Terminated, check_output, process_scope
-from edgecnn.kinds import (Backend, IOType, Kind, OutputFormat, Precision, PruneImportance, PruneMethod, PruneScope,
-                           QuantBackend, QuantMethod, ReportFormat)
+from edgecnn.kinds import (Arch, Backend, IOType, Kind, OutputFormat, Precision, PruneImportance, PruneMethod,
+                           PruneScope, QuantBackend, QuantMethod, ReportFormat)
 
 # ---------------------------------------------------------------------------- shared options and output
 
@@ -282,15 +282,18 @@ def prune_cmd(model, method, ratio, importance, scope, finetune_epochs, data, va
 @data_option("--val", "Labelled held-out data (class folders, COCO JSON, VOC, YOLO txt) [default: demo val split].")
 @contract_options
 @click.option("--val-limit", type=click.IntRange(min=1), default=None, help="Validate on the first N images only.")
+@click.option("--arch", type=choice(Arch), default=None,
+              help="CPU architecture the int8 model is for (onnx: its activation/weight types) [default: this "
+                   "machine's].")
 @stage_output("Folder for <model>-int8.*, <model>-fp32.* and <model>-int8.json.")
 def quantize_cmd(model, calib, backend, per_channel, method, io, max_drop, fallback, weights, val, val_limit,
-                 output_dir, fmt, contract) -> None:
+                 arch, output_dir, fmt, contract) -> None:
     """Quantize MODEL (zoo name or .keras/.h5/.onnx file) to int8 and validate it against fp32."""
     from edgecnn.quantize import quantize
 
     result = quantize(model, calib, output_dir, backend=backend, per_channel=per_channel, method=method, io=io,
                       max_drop=max_drop, fallback=fallback, weights=weights, val=val, val_limit=val_limit,
-                      contract=contract, log=progress_log(fmt))
+                      contract=contract, arch=arch, log=progress_log(fmt))
     emit(fmt, result.to_dict(), render.quantize_table, result, notes=result.warnings)
 
 

@@ -18,7 +18,7 @@ from edgecnn.kinds import ReportFormat
 
 
 COLUMNS = ["model", "backend", "precision", "pruning", "mode", "threads", "size_kb", "macs_m", "metric", "accuracy",
-           "min_snr_db", "p50_ms", "p90_ms", "p99_ms", "fps", "instructions", "predicted_ms"]
+           "min_snr_db", "p50_ms", "p90_ms", "p99_ms", "fps", "e2e_ms", "instructions", "predicted_ms"]
 
 
 def _pruning(row: dict) -> str:
@@ -53,7 +53,8 @@ def flatten(row: dict[str, Any]) -> dict[str, Any]:
         "metric": metric, "accuracy": round(value, 4) if value is not None else None,
         "p50_ms": _r(lat.get("p50")), "p90_ms": _r(lat.get("p90")), "p99_ms": _r(lat.get("p99")),
         "min_snr_db": _min_snr(row),
-        "fps": _r(row.get("fps"), 1), "instructions": row.get("emulated_instructions"),
+        "fps": _r(row.get("fps"), 1), "e2e_ms": _r((row.get("end_to_end") or {}).get("total_ms")),
+        "instructions": row.get("emulated_instructions"),
         "predicted_ms": _r(row.get("predicted_latency_ms")),
     }
 
@@ -101,7 +102,7 @@ def render(doc: dict[str, Any], fmt: str | ReportFormat) -> str:
 MIN_NAME = 4  # a name column folds (on a terminal too narrow for the table) to no fewer characters
 
 _SHORT = {"precision": "prec", "pruning": "prune", "threads": "thr", "size_kb": "KB", "macs_m": "MMACs",
-          "accuracy": "acc", "min_snr_db": "SNR dB", "fps": "FPS@p50", "p50_ms": "p50 ms", "p90_ms": "p90 ms", "p99_ms": "p99 ms",
+          "accuracy": "acc", "min_snr_db": "SNR dB", "fps": "FPS@p50", "e2e_ms": "e2e ms", "p50_ms": "p50 ms", "p90_ms": "p90 ms", "p99_ms": "p99 ms",
           "instructions": "instructions", "predicted_ms": "pred. ms"}
 
 

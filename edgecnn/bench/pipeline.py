@@ -395,7 +395,7 @@ def run_native(bundle: Path, *, data: str | None, limit: int | None, runs: int, 
 _MEASURED_KEYS = ("latency_ms", "fps", "load_ms", "first_inference_ms", "peak_rss_mb", "threads", "images",
                   "accuracy")
 # Present when the run gave them (an older runner on a board may not).
-_OPTIONAL_KEYS = ("fps_mean", "inputs", "machine", "emulated_instructions", "predicted_latency_ms",
+_OPTIONAL_KEYS = ("fps_mean", "inputs", "machine", "end_to_end", "emulated_instructions", "predicted_latency_ms",
                   "emulated_check", "fidelity")
 
 

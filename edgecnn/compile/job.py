@@ -146,7 +146,7 @@ def quantize_int8(job: Job, backend: str, work: Path) -> tuple[Path, dict]:
     calib = job.calib if job.calib is not None else f"demo-{src.task}"
     # Its notes are warned as they are made (the CLI prints them then, even when the quantize fails).
     result = quantize(src, calib, work / "quantized", backend=backend, weights=src.weights or "demo",
-                      log=lambda msg: job.log(f"quantize: {msg}"))
+                      arch=job.target.arch, log=lambda msg: job.log(f"quantize: {msg}"))
     info = {"quantization": {"calibration": result.calibration, "validation": result.validation,
                              "accuracy": result.accuracy, "outputs": result.outputs,
                              "settings": result.settings, "warnings": result.warnings}}

@@ -88,8 +88,9 @@ def _meant_integer(model) -> dict[str, int]:
 
 def float_ops_after_optimisation(model_path: Path | str, work: Path | str | None = None,
                                  int8_allowed: bool | None = None) -> dict[str, tuple[int, int]]:
-    """Per op type of a QDQ model: (nodes onnxruntime still runs in float, nodes the quantizer made int8), after its graph
-    optimisation on this machine's CPU provider at ORT_ENABLE_ALL, the level every edgecnn session runs at.
+    """Per op type of a QDQ model: (nodes onnxruntime still runs in float, nodes the quantizer made int8),
+    after onnxruntime's graph optimisation on this machine's CPU provider at ORT_ENABLE_ALL, the level
+    every edgecnn session runs at.
 
     Only op types the model quantizes appear. `int8_allowed` overrides onnxruntime's own choice of fusing
     QDQ units with signed int8 activations (session.qdqisint8allowed; its default is on for ARM, off for

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgecnn.errors import AccuracyError, DataError, EdgecnnError, EdgecnnWarning, ModelError
-from edgecnn.kinds import Task
+from edgecnn.kinds import Arch, Task
 from edgecnn.quantize.backends import Backend, IOType, Method, check_options, open_backend
 
 __all__ = ["Backend", "IOType", "Method", "QuantizeResult", "quantize"]
@@ -69,7 +69,7 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
              max_drop: float | None = None, fallback: bool = False, weights: str | Path = "demo",
              preprocessing=None, val: str | Path | None = None, val_limit: int | None = None,
              sensitivity_samples: int = 32, top_layers: int = 10, contract: dict | None = None,
-             log: Callable[[str], None] | None = None) -> QuantizeResult:
+             arch: str | None = None, log: Callable[[str], None] | None = None) -> QuantizeResult:
     """Quantize a model to int8, validate it against its fp32 form, write both plus a JSON report.
 
     model: zoo reference (with `weights`, default its demo weights) or a .keras/.h5/.onnx file
@@ -78,7 +78,9 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
     YOLO txt); zoo models with demo weights default to the demo val split. io: "int8" or "float"
     model inputs/outputs (default: int8 for tflite, float for onnx). max_drop: allowed drop in
     percentage points of the primary metric; past it AccuracyError, unless `fallback` finds layers
-    to keep in float that bring it inside.
+    to keep in float that bring it inside. arch: the CPU architecture the int8 model is for ("aarch64",
+    "x86_64"; default this machine's): the onnx backend picks its activation/weight types by it and
+    warns about ops onnxruntime would leave in float there.
     """
     from edgecnn.data.calibration import load_calibration_set
     from edgecnn.paths import atomic_write_bytes, check_cache_root, check_output, work_dir
@@ -97,6 +99,8 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         raise EdgecnnError("--fallback needs --max-drop: it keeps layers in float until the drop is inside it")
     if val_limit is not None and val_limit < 1:
         raise EdgecnnError(f"--val-limit must be 1 or more, got {val_limit}")
+    if arch is not None and arch not in Arch.values():
+        raise EdgecnnError(f"unknown architecture {arch!r}; known: {', '.join(Arch.values())}")
     check_output(output_dir, "dir", "--output")
     check_cache_root()
     notes: list[str] = []
@@ -147,7 +151,7 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
              "handful of images are fragile)")
 
     with work_dir("quantize") as work:
-        session = open_backend(backend, source, data, Path(work), per_channel, method, io)
+        session = open_backend(backend, source, data, Path(work), per_channel, method, io, arch=arch)
         say(f"{backend}: exporting fp32")
         fp32_model = session.export_float()
         say(f"{backend}: calibrating on {len(data)} images and quantizing")
@@ -184,6 +188,9 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
             if found.percentile is not None:
                 percentile = found.percentile
         outputs = v.fidelity(ref.outputs, q.outputs, names)
+        for msg in session.runtime_warnings(int8_model):
+            note(msg)
+        backend_settings = session.settings()
 
     out_dir = Path(output_dir)
     stem = f"{source.name}-int8"
@@ -193,7 +200,8 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         model=source.name, task=source.task, backend=backend,
         settings={"per_channel": per_channel, "method": method, "percentile": percentile, "io": io,
                   "max_drop": max_drop,
-                  "fallback": fallback, "weights": str(weights) if source.keras_model is not None else None},
+                  "fallback": fallback, "weights": str(weights) if source.keras_model is not None else None,
+                  **backend_settings},
         output=paths[0], float_output=paths[1], report=paths[2],
         calibration={"name": cset.name, "images": len(data)},
         validation={"name": getattr(dataset, "name", None) or "held-out calibration images",

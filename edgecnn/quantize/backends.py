@@ -66,6 +66,18 @@ class QuantizerBackend(ABC):
         """A readable layer name for reports."""
         return layer
 
+    def use_arch(self, arch: str | None) -> None:
+        """Quantize from now on for this CPU architecture (None: this machine's). A backend whose int8
+        artifact is the same on every CPU ignores it."""
+
+    def settings(self) -> dict:
+        """The backend's own choices, for QuantizeResult.settings (the ONNX 8-bit types); none by default."""
+        return {}
+
+    def runtime_warnings(self, int8_model: bytes) -> list[str]:
+        """What the runtime would not run in integers, said as warnings; nothing checked by default."""
+        return []
+
 
 class TFLiteSession(QuantizerBackend):
     """Full-integer TFLite: calibrate once, requantize cheaply for each fallback attempt."""
@@ -148,6 +160,7 @@ class ONNXSession(QuantizerBackend):
         else:
             self.float_path = onnx_backend.export_float(source.keras_model, work)
         self.calib = calib.renamed(onnx_backend.input_name(self.float_path), layout=source.layout)
+        self.types = onnx_backend.quant_types()
         self._pre: Path | None = None
         self._last: Path | None = None
 
@@ -164,8 +177,23 @@ class ONNXSession(QuantizerBackend):
     def quantize(self, float_layers: Sequence[str] = ()) -> bytes:
         if self._pre is None:
             self._pre = self._o.preprocess(self.float_path, self.work)
-        self._last = self._o.quantize(self._pre, self.calib, self.work, self.per_channel, self.method, float_layers)
+        self._last = self._o.quantize(self._pre, self.calib, self.work, self.per_channel, self.method, float_layers,
+                                      self.types)
         return self._last.read_bytes()
+
+    def use_arch(self, arch: str | None) -> None:
+        """Activation/weight types for this architecture's onnxruntime (quantize.onnx.quant_types)."""
+        self.types = self._o.quant_types(arch)
+
+    def settings(self) -> dict:
+        return self.types.settings()
+
+    def runtime_warnings(self, int8_model: bytes) -> list[str]:
+        """Quantized Conv/Add/MatMul/Mul/Gemm that onnxruntime's CPU provider leaves in float after optimising."""
+        path = self.work / "fusion-check.onnx"
+        path.write_bytes(int8_model)
+        msg = self._o.fused_warning(path, self.types, self.work)
+        return [msg] if msg else []
 
     def predictor(self, model: bytes) -> Predict:
         from edgecnn.frameworks.ort import predictor
@@ -247,8 +275,11 @@ BACKENDS = {Backend.TFLITE.value: TFLiteSession, Backend.ONNX.value: ONNXSession
 
 
 def open_backend(backend: str, source, calib: CalibrationData, work: Path, per_channel: bool, method: str,
-                 io: str) -> QuantizerBackend:
-    """The session for `backend` and this source: a file with no Keras source takes the .tflite file route."""
+                 io: str, arch: str | None = None) -> QuantizerBackend:
+    """The session for `backend` and this source: a file with no Keras source takes the .tflite file route.
+
+    arch: the CPU architecture the int8 model is for (None: this machine's); see use_arch.
+    """
     cls = BACKENDS[backend]
     if cls is TFLiteSession and source.keras_model is None:
         if source.kind == "tflite" and source.precision != "fp32":
@@ -258,7 +289,9 @@ def open_backend(backend: str, source, calib: CalibrationData, work: Path, per_c
         raise EdgecnnError(f"the {backend} backend quantizes {source.name} (a {source.kind} file) with "
                            f"{'/'.join(m.value for m in cls.methods)} and {'/'.join(t.value for t in cls.io_types)} "
                            "inputs/outputs only")
-    return cls(source, calib, work, per_channel, method, io)
+    session = cls(source, calib, work, per_channel, method, io)
+    session.use_arch(arch)
+    return session
 
 
 def check_options(backend: str, method: str, io: str | None) -> str:

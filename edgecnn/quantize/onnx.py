@@ -3,14 +3,17 @@
 Keras models are exported with tf2onnx first (checked with TF 2.21 / Keras 3 /
 protobuf 7 here); .onnx files are taken as they are. onnxruntime's recipe is
 followed: quant_pre_process (shape inference and graph optimisation), then
-quantize_static in QDQ format, int8 weights (per channel by default) and int8
-activations, with MinMax, Entropy or Percentile calibration. The calibration
-ranges are cached in the work folder, so fallback search calibrates once.
-Per-layer sensitivity uses onnxruntime's qdq_loss_debug tools.
+quantize_static in QDQ format, symmetric int8 weights (per channel by default)
+and 8-bit activations whose signedness suits the target CPU (quant_types), with
+MinMax, Entropy or Percentile calibration. The calibration ranges are cached in
+the work folder, so fallback search calibrates once. fused_warning says which
+quantized ops onnxruntime's CPU provider would still run in float. Per-layer
+sensitivity uses onnxruntime's qdq_loss_debug tools.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -18,6 +21,7 @@ import numpy as np
 
 from edgecnn.errors import EdgecnnError
 from edgecnn.frameworks.tf import onnx_float
+from edgecnn.kinds import Arch
 from edgecnn.quantize.calibration import CalibrationData
 
 SUFFIX = ".onnx"
@@ -71,21 +75,112 @@ def _method(name: str):
             "percentile": CalibrationMethod.Percentile}[name]
 
 
+@dataclass(frozen=True)
+class QuantTypes:
+    """The 8-bit types of one QDQ quantization, spelled as reports and manifests give them."""
+
+    activations: str  # "uint8" | "int8"
+    weights: str  # "int8"
+    reduce_range: bool  # 7-bit weights, against U8S8 saturation on x86 without VNNI
+    arch: str  # the CPU architecture they were chosen for
+
+    def settings(self) -> dict:
+        """What QuantizeResult.settings (and so the manifest's verification.quantization) records."""
+        return {"arch": self.arch, "activation_type": self.activations, "weight_type": self.weights,
+                "reduce_range": self.reduce_range}
+
+
+# Activation/weight signedness per architecture. onnxruntime's CPU provider fuses a QDQ unit into its
+# integer kernel (QLinearConv, QLinearAdd, ...) only for the types it has fast kernels for there.
+# - x86_64: U8S8. Measured with onnxruntime 1.32 on the demo mobilenet_v2: signed activations leave 15 of
+#   52 Conv and all 10 Add in float between DequantizeLinear/QuantizeLinear (its QDQ fusion refuses int8
+#   activations on x86: session.qdqisint8allowed defaults to off there); with uint8 activations all fuse.
+#   quantize_static's own guidance ("Choosing parameters for CPU inference") says the same: QUInt8
+#   activations and QInt8 weights on x86/x64, with reduce_range only without VNNI.
+# - aarch64: S8S8. The same guidance: "ARM cores generally handle symmetric QInt8 activations well. Use
+#   activation_type=QuantType.QInt8 and weight_type=QuantType.QInt8 with reduce_range=False"; and the
+#   quantization guide (onnxruntime.ai/docs/performance/model-optimizations/quantization.html, "Data type
+#   selection") calls S8S8 with QDQ the default and first choice, the U8S8 saturation issue absent on ARM.
+# - anything else: onnxruntime's default, S8S8.
+_TYPES = {Arch.X86_64.value: ("uint8", "int8"), Arch.AARCH64.value: ("int8", "int8")}
+_DEFAULT_TYPES = ("int8", "int8")
+
+
+def quant_types(arch: str | None = None, vnni: bool | None = None) -> QuantTypes:
+    """The types to quantize for `arch` (None or "native": this machine's).
+
+    reduce_range is set for x86_64 without VNNI only: there VPMADDUBSW adds two uint8 x int8 products in
+    16 bits and can saturate, which 7-bit weights rule out (onnxruntime's guide, "When to use
+    reduce-range"); with VNNI, or on ARM, it would only cost weight precision. `vnni`: whether the CPU
+    has VNNI; None asks this machine when it is the x86_64 one, and assumes not on any other.
+    """
+    from edgecnn.targets import host_arch
+
+    arch = host_arch() if arch in (None, Arch.NATIVE.value) else arch
+    activations, weights = _TYPES.get(arch, _DEFAULT_TYPES)
+    if vnni is None:
+        vnni = arch == host_arch() and _host_has_vnni()
+    reduce_range = arch == Arch.X86_64.value and activations == "uint8" and not vnni
+    return QuantTypes(activations, weights, reduce_range, arch)
+
+
+def _host_has_vnni() -> bool:
+    """True when /proc/cpuinfo lists AVX512-VNNI or AVX-VNNI; False where it cannot tell."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
 def quantize(pre_path: Path, calib: CalibrationData, work: Path, per_channel: bool = True,
-             method: str = "minmax", float_layers: Sequence[str] = ()) -> Path:
-    """QDQ int8 model; float_layers are node names left unquantized. Returns the written file."""
+             method: str = "minmax", float_layers: Sequence[str] = (), types: QuantTypes | None = None) -> Path:
+    """QDQ int8 model; float_layers are node names left unquantized; types default to this machine's
+    (quant_types()). Returns the written file."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    out = work / f"int8-{len(float_layers)}.onnx"
+    types = types or quant_types()
+    qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
+    tag = f"{types.activations[0]}{types.weights[0]}{'r' if types.reduce_range else ''}"
+    out = work / f"int8-{tag}-{len(float_layers)}.onnx"
+    # The cached ranges are float min/max per tensor, the same whatever 8-bit types they are mapped to.
     cache = work / f"calibration-{method}-{'pc' if per_channel else 'pt'}.json"
     reader = None if cache.is_file() else calib.ort_reader()
     quantize_static(str(pre_path), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    reduce_range=types.reduce_range,
+                    activation_type=qtype[types.activations], weight_type=qtype[types.weights],
                     nodes_to_exclude=list(float_layers) or None, calibrate_method=_method(method),
                     calibration_cache_path=str(cache),
-                    # Symmetric int8 weights are what ARM int8 kernels (and TFLite) expect.
+                    # Symmetric int8 weights (zero point 0) are what the int8 kernels of onnxruntime's MLAS
+                    # (and TFLite) expect; activations keep a zero point, so a ReLU output uses all 256 steps.
                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     return out
+
+
+def fused_warning(qdq_path: Path, types: QuantTypes, work: Path) -> str | None:
+    """A warning naming the quantized ops onnxruntime's CPU provider would still run in float; None when all fuse.
+
+    Checked on this machine after onnxruntime's graph optimisation. For another architecture only its
+    QDQ fusion rule for signed activations is carried over (session.qdqisint8allowed: on for ARM), so
+    the check says what that rule leaves, not what the board's kernels do.
+    """
+    from edgecnn.frameworks.ort import describe_float_ops, float_ops_after_optimisation
+    from edgecnn.targets import host_arch
+
+    here = types.arch == host_arch()
+    counts = float_ops_after_optimisation(qdq_path, work, int8_allowed=None if here else
+                                          _INT8_QDQ_FUSED.get(types.arch))
+    left = describe_float_ops(counts)
+    if left is None:
+        return None
+    where = "on this machine" if here else f"for {types.arch} (its QDQ fusion rule, checked on this machine)"
+    return (f"onnxruntime's CPU provider runs {left} of the int8 model in float {where} "
+            f"(DequantizeLinear/QuantizeLinear around them; {types.activations} activations, {types.weights} "
+            "weights): those layers gain nothing from int8 and the model may be slower than fp32")
+
+
+# onnxruntime's default for session.qdqisint8allowed per architecture (fuse QDQ units with int8 activations).
+_INT8_QDQ_FUSED = {Arch.AARCH64.value: True, Arch.X86_64.value: False}
 
 
 def layer_sensitivity(pre_path: Path, qdq_path: Path, calib: CalibrationData, work: Path,

@@ -30,7 +30,7 @@ import numpy as np
 
 from edgecnn.artifacts import Bundle, load_bundle
 from edgecnn.errors import DataError, ModelError
-from edgecnn.runner.sessions import RUNNER_HINT, Session, open_session, predict
+from edgecnn.runner.sessions import RUNNER_HINT, Session, open_session
 from edgecnn.runner.stats import fps, latency_stats
 
 DEFAULT_RUNS = 50
@@ -179,21 +179,74 @@ def _label_map(model_classes: list[str] | None, data_classes: list[str], data: s
     return np.array([data_classes.index(c) if c in data_classes else -1 for c in model_classes], np.int64)
 
 
+STAGES = ("decode", "preprocess", "feed", "invoke", "fetch", "postprocess")
+
+
+class Stages:
+    """One image at a time through the whole pipeline a camera loop runs, each stage timed: image decode,
+    resize + normalisation, feeding the input (int8 quantisation included), invoke, fetching the outputs
+    (dequantisation), and the task's post-processing (detector decode + NMS, top-k)."""
+
+    def __init__(self, session: Session, prep):
+        self.session, self.prep = session, prep
+        self.totals = dict.fromkeys(STAGES, 0)
+        self.images = 0
+
+    def run(self, path: Path, post=None):
+        """(post(outputs, transform) or the outputs, transform) of one image file."""
+        from edgecnn.data.preprocess import load_image
+
+        clock = time.perf_counter_ns
+        t0 = clock()
+        image = load_image(path)
+        t1 = clock()
+        batch, transform = self.prep(image)
+        t2 = clock()
+        self.session.feed(batch)
+        t3 = clock()
+        self.session.invoke()
+        t4 = clock()
+        outputs = self.session.fetch()
+        t5 = clock()
+        result = post(outputs, transform) if post is not None else outputs
+        t6 = clock()
+        for stage, (a, b) in zip(STAGES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5), (t5, t6))):
+            self.totals[stage] += b - a
+        self.images += 1
+        return result, transform
+
+    def summary(self) -> dict[str, Any] | None:
+        """{"images", "mean_ms": {stage: ms}, "total_ms", "fps"}: the end-to-end figure a camera pipeline gets
+        (one image at a time, measured during the accuracy pass), beside the invoke-only latency."""
+        if not self.images:
+            return None
+        means = {k: round(v / self.images / 1e6, 4) for k, v in self.totals.items()}
+        total = sum(v / self.images / 1e6 for v in self.totals.values())
+        return {"images": self.images, "mean_ms": means, "total_ms": round(total, 4),
+                "fps": round(1000 / total, 2) if total > 0 else None}
+
+
 def evaluate_bundle(session: Session, dataset) -> dict[str, Any]:
-    """{"images", "accuracy", "predictions"} of a session on a loaded data set; accuracy None for unlabelled
-    images and generic models (which are only run: their outputs have no metric edgecnn could trust)."""
+    """{"images", "accuracy", "predictions", "end_to_end"} of a session on a loaded data set; accuracy None for
+    unlabelled images and generic models (which are only run: their outputs have no metric edgecnn could
+    trust). Images go through one at a time, each stage timed (Stages)."""
     m = session.manifest
-    prep = _prepare(m)
+    stages = Stages(session, _prepare(m))
     if dataset.task is None or m.task not in ("classification", "detection"):
         for s in dataset.samples:
-            predict(session, prep(s.path)[0])
-        return {"images": len(dataset), "accuracy": None, "predictions": None}
+            stages.run(s.path)
+        return {"images": len(dataset), "accuracy": None, "predictions": None, "end_to_end": stages.summary()}
     if dataset.task != m.task:
         raise DataError(f"{dataset.name or 'the data set'} is a {dataset.task} data set, but {m.name} is a "
                         f"{m.task} model")
     mapping = _label_map(m.classes, dataset.classes, dataset.name or "data set")
     if m.task == "classification":
-        scores = np.concatenate([predict(session, prep(s.path)[0])[0].reshape(1, -1) for s in dataset.samples])
+        def top(outputs, _):
+            scores = np.asarray(outputs[0]).reshape(1, -1)
+            return scores, np.argsort(-scores[0])[:5]
+
+        ran = [stages.run(s.path, top)[0] for s in dataset.samples]
+        scores = np.concatenate([r[0] for r in ran])
         expected = len(m.classes) if m.classes else len(dataset.classes)
         if scores.shape[1] != expected:
             raise DataError(f"{m.name} gives {scores.shape[1]} class scores, but its classes (or the data set's) "
@@ -203,36 +256,37 @@ def evaluate_bundle(session: Session, dataset) -> dict[str, Any]:
             labels = np.array([int(np.flatnonzero(mapping == label)[0]) for label in labels])
         from edgecnn.runner.metrics import topk_accuracy
 
-        top = np.argsort(-scores, axis=1)[:, :5]
         # top5: class indices in the manifest's class order
-        predictions = [{"image": s.path.name, "top5": [int(v) for v in row]} for s, row in zip(dataset.samples, top)]
-        return {"images": len(dataset), "accuracy": topk_accuracy(labels, scores), "predictions": predictions}
-    detections = _detect(session, dataset, prep, mapping)
+        predictions = [{"image": s.path.name, "top5": [int(v) for v in r[1]]} for s, r in zip(dataset.samples, ran)]
+        return {"images": len(dataset), "accuracy": topk_accuracy(labels, scores), "predictions": predictions,
+                "end_to_end": stages.summary()}
+    detections = _detect(stages, dataset, mapping)
     from edgecnn.runner.metrics import coco_map_from_results, coco_results
 
     results = coco_results(dataset, detections)
+    done = {"images": len(dataset), "accuracy": None, "predictions": results, "end_to_end": stages.summary()}
     try:
         import faster_coco_eval  # noqa: F401
     except ImportError:
-        return {"images": len(dataset), "accuracy": None, "predictions": results}
-    return {"images": len(dataset), "accuracy": coco_map_from_results(dataset, results), "predictions": results}
+        return done
+    return {**done, "accuracy": coco_map_from_results(dataset, results)}
 
 
-def _detect(session: Session, dataset, prep, mapping: np.ndarray | None) -> list:
+def _detect(stages: Stages, dataset, mapping: np.ndarray | None) -> list:
     from edgecnn.runner.postprocess import Detections, decoder
 
-    m = session.manifest
+    m = stages.session.manifest
     if not m.head or not m.classes:
         raise ModelError("manifest: a detection bundle needs a head and classes")
     decode = decoder(m.to_dict(), "manifest")
-    out = []
-    for s in dataset.samples:
-        batch, transform = prep(s.path)
-        det = decode([o[0] for o in predict(session, batch)])
+
+    def post(outputs, transform) -> Detections:
+        det = decode([o[0] for o in outputs])
         boxes, scores, labels = transform.boxes_to_original(det.boxes), det.scores, det.labels
         if mapping is not None:
             labels = mapping[labels]
             keep = labels >= 0
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-        out.append(Detections(np.asarray(boxes, np.float32).reshape(-1, 4), scores, labels))
-    return out
+        return Detections(np.asarray(boxes, np.float32).reshape(-1, 4), scores, labels)
+
+    return [stages.run(s.path, post)[0] for s in dataset.samples]

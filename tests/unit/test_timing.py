@@ -78,3 +78,17 @@ def test_bench_rows_are_timed_side_by_side(bundles, tmp_path, monkeypatch):
     assert any("timed side by side" in n for n in doc["notes"])
     with pytest.raises(Exception, match="--cpu-time applies to native runs"):
         make_plan("a72", models=["mobilenet_v1"], precisions=["fp32"], cpu_time=True)
+
+
+def test_end_to_end_stages_are_timed_beside_the_invoke(bundles, tmp_path):
+    """decode -> preprocess -> feed -> invoke -> fetch -> NMS per image: the FPS a camera loop gets."""
+    from fixtures.bundles import make_detection_set
+
+    from edgecnn.runner.run import STAGES, run_bundle
+
+    r = run_bundle(bundles["tflite-det"], data=make_detection_set(tmp_path / "det"), runs=3, warmup=1)
+    e2e = r["end_to_end"]
+    assert e2e["images"] == r["images"] == 4 and set(e2e["mean_ms"]) == set(STAGES)
+    assert all(v >= 0 for v in e2e["mean_ms"].values()) and e2e["mean_ms"]["decode"] > 0
+    assert e2e["total_ms"] == pytest.approx(sum(e2e["mean_ms"].values()), abs=1e-3)
+    assert e2e["total_ms"] > e2e["mean_ms"]["invoke"] and e2e["fps"] == pytest.approx(1000 / e2e["total_ms"], rel=1e-3)
