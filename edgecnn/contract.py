@@ -8,7 +8,8 @@ without writing JSON:
     --classes labels.txt --task classification --resize letterbox --head yolo
 
 Precedence, highest first: options, sidecar, metadata stored in the model file (ONNX
-metadata_props as Ultralytics writes them: imgsz, names, task; a detect task means the anchor-free head). `--mean`/`--std` are in the 0..1 units
+metadata_props as Ultralytics writes them: imgsz, names, task; a detect task means the anchor-free head;
+TFLite metadata: the input's normalisation and an output's labels). `--mean`/`--std` are in the 0..1 units
 of torchvision and PaddleOCR (x = (pixel / 255 - mean) / std); `--scale`/`--offset` are the raw
 form (x = pixel * scale + offset). Standard library only.
 """
@@ -194,6 +195,70 @@ def onnx_metadata(path: str | Path) -> dict:
         elif task == "detection":
             record["task"] = "generic"
     return record
+
+
+# TFLite metadata's AssociatedFileType TENSOR_AXIS_LABELS: one label per line for an output's class axis.
+_AXIS_LABELS = 2
+
+
+def tflite_metadata(path: str | Path) -> dict:
+    """What a .tflite file's TFLite metadata says about its contract: the input's normalisation (mean, std in
+    pixel units, as TFLite Support writes them) and an output's axis labels; {} when it has none.
+
+    Read with tflite's model schema and TFLite Support's generated metadata schema (tflite-support, installed
+    without its dependencies by tools/setup.sh); {} when either is missing, so the sidecar or options decide.
+    """
+    try:
+        import tflite
+        from tensorflow_lite_support.metadata import metadata_schema_py_generated as schema
+    except ImportError:
+        return {}
+    try:
+        data = Path(path).read_bytes()
+        model = tflite.Model.GetRootAsModel(data, 0)
+        buffers = [model.Metadata(i) for i in range(model.MetadataLength())]
+        entry = next((m for m in buffers if m.Name() == b"TFLITE_METADATA"), None)
+        if entry is None:
+            return {}
+        meta = schema.ModelMetadata.GetRootAsModelMetadata(model.Buffers(entry.Buffer()).DataAsNumpy().tobytes(), 0)
+        if meta.SubgraphMetadataLength() < 1:
+            return {}
+        graph = meta.SubgraphMetadata(0)
+        record: dict[str, Any] = {}
+        if graph.InputTensorMetadataLength() == 1:
+            tensor = graph.InputTensorMetadata(0)
+            for k in range(tensor.ProcessUnitsLength()):
+                unit = tensor.ProcessUnits(k)
+                if unit.OptionsType() != schema.ProcessUnitOptions.NormalizationOptions:
+                    continue
+                norm = schema.NormalizationOptions()
+                norm.Init(unit.Options().Bytes, unit.Options().Pos)
+                mean, std = [float(v) for v in norm.MeanAsNumpy()], [float(v) for v in norm.StdAsNumpy()]
+                if mean and std and all(v > 0 for v in std):
+                    scale = [1.0 / v for v in std]
+                    offset = [-m / v for m, v in zip(mean * (len(std) // len(mean) or 1), std)]
+                    one = len(set(scale)) == 1 and len(set(offset)) == 1
+                    record["preprocessing"] = {"scale": scale[0] if one else scale,
+                                               "offset": offset[0] if one else offset}
+        labels = [graph.OutputTensorMetadata(j).AssociatedFiles(a) for j in range(graph.OutputTensorMetadataLength())
+                  for a in range(graph.OutputTensorMetadata(j).AssociatedFilesLength())]
+        names = [f.Name().decode() for f in labels if f.Type() == _AXIS_LABELS]
+        if names:
+            record["classes"] = _zip_labels(Path(path), names[0])
+            if not record["classes"]:
+                del record["classes"]
+        return record
+    except Exception:  # noqa: BLE001 - metadata is a hint: an unreadable one is ignored, the sidecar decides
+        return {}
+
+
+def _zip_labels(path: Path, name: str) -> list[str]:
+    """A labels file packed into the .tflite (TFLite metadata appends its associated files as a zip)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        text = archive.read(name).decode("utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def merge(*records: dict) -> dict:

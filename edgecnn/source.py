@@ -254,17 +254,8 @@ def _from_file(path: Path, preprocessing, layout: str | None = None, contract: d
 
     side = sidecar_path(path)
     options = c.from_options(contract)
-    embedded = c.onnx_metadata(path) if fmt == "onnx" else {}
+    embedded = c.onnx_metadata(path) if fmt == "onnx" else c.tflite_metadata(path) if fmt == "tflite" else {}
     meta = c.merge(embedded, read_sidecar(path), options)
-    pre = preprocessing if preprocessing is not None else meta.get("preprocessing")
-    if pre is None or (isinstance(pre, dict) and "size" not in pre):
-        raise ModelError(f"no preprocessing for {path.name}: pass --input-size HxW (with --mean/--std or "
-                         f"--scale/--offset), or write {side.name} next to it with {SIDECAR_HELP}")
-    notes = []
-    if preprocessing is None and not {"scale", "offset"} & set(pre):
-        notes.append(f"{path.name}: no normalisation given (sidecar or --mean/--std/--scale/--offset): "
-                     "pixels are scaled by 1/255")
-    classes = meta.get("classes")
     model_layout = "NHWC"
     if fmt == "onnx":
         from edgecnn.frameworks.onnx_graph import image_layout
@@ -272,6 +263,21 @@ def _from_file(path: Path, preprocessing, layout: str | None = None, contract: d
         model_layout = image_layout(tuple(shape), path.name, layout or meta.get("layout"))
     elif layout and str(layout).upper() != "NHWC":
         raise ModelError(f"{path.name}: {fmt} models take NHWC images; --layout {layout} applies to ONNX files")
+    pre = preprocessing if preprocessing is not None else meta.get("preprocessing")
+    notes = []
+    if isinstance(pre, dict) and "size" not in pre and {"scale", "offset"} & set(pre):
+        # The normalisation is known (metadata, sidecar or options) and the file fixes its input size: use it.
+        size = _static_size(shape, model_layout)
+        if size:
+            pre = {**pre, "size": size}
+            notes.append(f"{path.name}: input size {size[0]}x{size[1]} from the model's input shape")
+    if pre is None or (isinstance(pre, dict) and "size" not in pre):
+        raise ModelError(f"no preprocessing for {path.name}: pass --input-size HxW (with --mean/--std or "
+                         f"--scale/--offset), or write {side.name} next to it with {SIDECAR_HELP}")
+    if preprocessing is None and not {"scale", "offset"} & set(pre):
+        notes.append(f"{path.name}: no normalisation given (sidecar or --mean/--std/--scale/--offset): "
+                     "pixels are scaled by 1/255")
+    classes = meta.get("classes")
     prep = _prep(pre, path.name)
     check_image_input(path.stem, shape, prep, model_layout)  # the input first: it decides what else to say
     task, head = _task_and_head(meta, outputs, path, side, notes)
@@ -342,6 +348,14 @@ def _check_class_count(classes, outputs: list, path: Path) -> None:
     if classes and width != len(classes):
         raise ModelError(f"{path.name}: the model scores {width} classes but {len(classes)} class names are "
                          "given: the names must list every output class in order")
+
+
+def _static_size(shape: tuple, layout: str) -> list[int] | None:
+    """[H, W] of a 4-D image input whose spatial dims are fixed, else None."""
+    if len(shape) != 4:
+        return None
+    h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    return [h, w] if all(isinstance(d, int) and d > 0 for d in (h, w)) else None
 
 
 def sidecar_path(path: Path) -> Path:

@@ -24,6 +24,9 @@ python3 -m pip install -q --disable-pip-version-check --progress-bar off -e '.[d
 # ONNX -> TFLite (edgecnn.frameworks.convert): onnx2tf and tf-keras without their dependencies, whose pins
 # would replace TensorFlow, numpy, onnx and LiteRT (pyproject.toml lists what they import instead).
 python3 -m pip install -q --disable-pip-version-check --progress-bar off --no-deps onnx2tf==1.29.24 tf-keras==2.21.0
+# TFLite model metadata (normalisation, labels; edgecnn.contract.tflite_metadata) through TFLite Support's generated
+# schema: without its dependencies, whose protobuf and sounddevice pins the metadata reader does not need.
+python3 -m pip install -q --disable-pip-version-check --progress-bar off --no-deps tflite-support==0.4.4
 # pyenv installs console scripts behind shims that exist only after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 

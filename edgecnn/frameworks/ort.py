@@ -29,8 +29,16 @@ def session(model: bytes | Path | str, threads: int = 1):
     source = model if isinstance(model, (bytes, bytearray)) else str(model)
     try:
         return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-    except (RuntimeError, ValueError) as e:  # onnxruntime's Fail/InvalidGraph derive from RuntimeError
+    except _load_errors() as e:
         raise ModelError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
+
+
+def _load_errors() -> tuple[type[BaseException], ...]:
+    # onnxruntime's own errors (InvalidProtobuf, Fail, InvalidGraph, ...) derive from Exception, not RuntimeError.
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    own = tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+    return own + (RuntimeError, ValueError)
 
 
 def predictor(model: bytes | Path | str, threads: int = 1,
@@ -103,7 +111,6 @@ def float_ops_after_optimisation(model_path: Path | str, work: Path | str | None
     import onnxruntime as ort
 
     model_path = Path(model_path)
-    meant = {op: n for op, n in _meant_integer(onnx.load(str(model_path), load_external_data=False)).items() if n}
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         optimised = Path(tmp) / "optimised.onnx"
         opts = ort.SessionOptions()
@@ -114,9 +121,10 @@ def float_ops_after_optimisation(model_path: Path | str, work: Path | str | None
             opts.add_session_config_entry("session.qdqisint8allowed", "1" if int8_allowed else "0")
         try:
             ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-        except (RuntimeError, ValueError) as e:
+        except _load_errors() as e:
             raise ModelError(f"onnxruntime cannot load {model_path.name}: {str(e).splitlines()[0]}") from None
         nodes = onnx.load(str(optimised), load_external_data=False).graph.node
+    meant = {op: n for op, n in _meant_integer(onnx.load(str(model_path), load_external_data=False)).items() if n}
     fused = {op: sum(1 for n in nodes if n.op_type in INTEGER_FORMS[op]) for op in meant}
     return {op: (max(0, total - fused[op]), total) for op, total in meant.items()}
 

@@ -92,3 +92,29 @@ def test_segmentation_model_on_unlabelled_images_gets_latency_and_fidelity(env, 
     (out,) = row["fidelity"]["outputs"]
     assert row["fidelity"]["inputs"] == "data" and out["cosine"] > 0.999
     assert any("without labels" in n for n in doc["notes"]) and any("generic" in n for n in doc["notes"])
+
+
+def test_tflite_metadata_gives_the_contract_without_a_sidecar(tmp_path):
+    """MediaPipe files carry their normalisation (and labels) in TFLite metadata; the input shape gives the size."""
+    import shutil
+
+    from edgecnn.source import load_source
+
+    face = tmp_path / "face.tflite"
+    shutil.copy(T.fetch("face_short", "bare"), face)  # no sidecar beside it
+    src = load_source(face, contract={"head": str(_blazeface(tmp_path)), "classes": ["face"]})
+    pre = src.preprocessing.to_dict()
+    assert pre["size"] == [128, 128] and pre["scale"] == pytest.approx(1 / 127.5) and pre["offset"] == -1.0
+    assert src.task == "detection" and src.head["type"] == "ssd"
+    seg = tmp_path / "seg.tflite"
+    shutil.copy(T.fetch("selfie_seg", "bare"), seg)
+    src = load_source(seg)
+    assert src.classes == ["selfie"] and src.task == "generic"  # labels.txt packed in the file
+    assert src.preprocessing.to_dict()["scale"] == pytest.approx(1 / 255) and src.preprocessing.size == (256, 256)
+
+
+def _blazeface(folder: Path) -> Path:
+    path = folder / "blazeface.json"
+    path.write_text(json.dumps({"type": "ssd", "strides": [8, 16, 16, 16], "fixed_anchor_size": True,
+                                "num_coords": 16, "box_scale": 128}))
+    return path

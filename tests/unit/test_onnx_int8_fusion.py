@@ -1,0 +1,152 @@
+"""ONNX int8 types per target architecture, and the check that onnxruntime fuses what was quantized.
+
+The model is a tiny MobileNet-like residual block built as ONNX here (Conv+Relu, depthwise Conv+Relu,
+1x1 Conv, residual Add, pooling), so no TensorFlow export is involved. Whether onnxruntime's CPU
+provider fuses a QDQ unit is its own decision on this machine; these tests read it back from the
+optimised graph, they do not assume it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecnn.errors import EdgecnnError, EdgecnnWarning
+from edgecnn.targets import host_arch
+from fixtures import colors as F
+
+ON_X86 = host_arch() == "x86_64"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+
+
+def _residual_block(folder: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+
+    def init(name, *shape, scale=0.3):
+        return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+    nodes = [helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], kernel_shape=[3, 3], pads=[1, 1, 1, 1],
+                              name="stem"),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "wd", "bd"], ["cd"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], group=8,
+                              name="depthwise"),
+             helper.make_node("Relu", ["cd"], ["rd"]),
+             helper.make_node("Conv", ["rd", "wp", "bp"], ["cp"], kernel_shape=[1, 1], name="project"),
+             helper.make_node("Add", ["cp", "r1"], ["sum"], name="residual"),
+             helper.make_node("GlobalAveragePool", ["sum"], ["pooled"]),
+             helper.make_node("Flatten", ["pooled"], ["features"])]
+    inits = [init("w1", 8, 3, 3, 3), init("b1", 8, scale=0.05), init("wd", 8, 1, 3, 3), init("bd", 8, scale=0.05),
+             init("wp", 8, 8, 1, 1), init("bp", 8, scale=0.05)]
+    graph = helper.make_graph(nodes, "block",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 8])], inits)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "block.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    (folder / "block.json").write_text(json.dumps({"task": "generic", "preprocessing": F.PREPROCESSING}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fusion")
+    return {"calib": F.make_calibration(root / "calib", 12), "model": _residual_block(root / "m")}
+
+
+def _quantize(files, out: Path, **kwargs):
+    from edgecnn.quantize import quantize
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = quantize(files["model"], files["calib"], out, backend="onnx", **kwargs)
+    fused = [str(w.message) for w in seen if issubclass(w.category, EdgecnnWarning) and "in float" in str(w.message)]
+    return r, fused
+
+
+def test_x86_64_is_u8s8_and_every_conv_and_add_fuses(files, tmp_path):
+    from edgecnn.frameworks.ort import float_ops_after_optimisation
+
+    r, fused = _quantize(files, tmp_path, arch="x86_64")
+    s = r.settings
+    assert (s["arch"], s["activation_type"], s["weight_type"]) == ("x86_64", "uint8", "int8")
+    report = json.loads(r.report.read_text())["quantization"]["settings"]
+    assert report["activation_type"] == "uint8" and report["weight_type"] == "int8"
+    counts = float_ops_after_optimisation(r.output)
+    assert counts["Conv"] == (0, 3) and counts["Add"] == (0, 1)
+    assert fused == [] and not any("in float" in w for w in r.warnings)
+
+
+@pytest.mark.skipif(not ON_X86, reason="onnxruntime's x86 CPU provider is the one that leaves S8S8 units in float")
+def test_s8s8_on_x86_leaves_ops_in_float_and_is_warned(files, tmp_path, monkeypatch):
+    from edgecnn.frameworks.ort import float_ops_after_optimisation
+    from edgecnn.quantize import onnx as q
+
+    monkeypatch.setitem(q._TYPES, "x86_64", ("int8", "int8"))  # what the backend did before it chose per arch
+    r, fused = _quantize(files, tmp_path, arch="x86_64")
+    assert r.settings["activation_type"] == "int8"
+    left, total = float_ops_after_optimisation(r.output)["Add"]
+    assert total == 1 and left == 1
+    assert len(fused) == 1 and "1 of 1 Add" in fused[0] and fused[0] in r.warnings
+
+
+def test_aarch64_gets_what_onnxruntime_recommends_for_arm(files, tmp_path):
+    from edgecnn.frameworks.ort import float_ops_after_optimisation
+    from edgecnn.quantize.onnx import quant_types
+
+    t = quant_types("aarch64")
+    assert (t.activations, t.weights, t.reduce_range) == ("int8", "int8", False)
+    r, fused = _quantize(files, tmp_path, arch="aarch64")
+    assert (r.settings["activation_type"], r.settings["weight_type"]) == ("int8", "int8")
+    # ARM's onnxruntime fuses QDQ units with int8 activations (session.qdqisint8allowed on): all of them here.
+    arm = float_ops_after_optimisation(r.output, int8_allowed=True)
+    assert arm["Conv"] == (0, 3) and arm["Add"] == (0, 1) and fused == []
+    # The same model under x86's rule keeps its Add in float: the check would have caught it.
+    assert float_ops_after_optimisation(r.output, int8_allowed=False)["Add"] == (1, 1)
+
+
+def test_reduce_range_only_for_u8s8_without_vnni():
+    from edgecnn.quantize.onnx import quant_types
+
+    assert quant_types("x86_64", vnni=False).reduce_range
+    assert not quant_types("x86_64", vnni=True).reduce_range
+    assert not quant_types("aarch64", vnni=False).reduce_range
+    assert quant_types().arch == quant_types("native").arch == host_arch()
+    assert quant_types("riscv64").activations == "int8"  # onnxruntime's own default elsewhere
+
+
+def test_layers_kept_in_float_on_purpose_are_not_reported(files, tmp_path):
+    import onnx
+
+    from edgecnn.frameworks.ort import describe_float_ops, float_ops_after_optimisation
+    from edgecnn.quantize import onnx as q
+    from edgecnn.quantize.calibration import CalibrationData
+
+    rng = np.random.default_rng(3)
+    images = rng.uniform(0, 1, (8, 32, 32, 3)).astype(np.float32)
+    calib = CalibrationData("random", "image", images, (), layout="NCHW")
+    pre = q.preprocess(files["model"], tmp_path)
+    assert "depthwise" in {n.name for n in onnx.load(str(pre)).graph.node}
+    out = q.quantize(pre, calib, tmp_path, float_layers=["depthwise"], types=q.quant_types("x86_64"))
+    counts = float_ops_after_optimisation(out, tmp_path)
+    assert counts["Conv"] == (0, 2)  # its float weight keeps the depthwise Conv out of the count
+    assert describe_float_ops(counts) is None
+    assert describe_float_ops({"Conv": (3, 52), "Add": (10, 10), "Gemm": (0, 1)}) == "3 of 52 Conv and 10 of 10 Add"
+
+
+def test_unknown_architecture_is_refused_before_any_work(files, tmp_path):
+    from edgecnn.quantize import quantize
+
+    with pytest.raises(EdgecnnError, match="unknown architecture 'mips'"):
+        quantize(files["model"], files["calib"], tmp_path / "out", backend="onnx", arch="mips")
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""The speed ratios edgecnn is judged by, each from one interleaved bench run (issue 16).
+
+For the demo models (one bench: yolo_lite, mobilenet_v2, mobilenet_v1) and MobileNetV2 1.0/224 with random
+weights (a second bench, calibrated on the demo images), on this machine with the bench's side-by-side
+timing: LiteRT int8/fp32 p50, ONNX Runtime int8/fp32 p50, TVM (untuned unless tuning records exist) /
+LiteRT fp32 p50, and end-to-end time per image (decode .. NMS) over the invoke p50. Ratios, not absolute
+times: the variants of a run share the machine's state, so their ratio is what transfers to another idle
+machine. The load average before and after each run is printed; run it on an idle machine.
+
+    python tools/perf_report.py                    # writes tools/perf_report.md and prints it
+    python tools/perf_report.py --runs 300 --threads 1 --backends tflite,onnx,tvm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEMO = ("yolo_lite", "mobilenet_v2", "mobilenet_v1")
+FULL = "mobilenet_v2:alpha=1.0,size=224,classes=1000"
+
+
+def bench(models: list[str], backends: str, runs: int, threads: int, extra: list[str]) -> tuple[list[str], dict]:
+    cmd = [sys.executable, "-m", "edgecnn", "bench", "--target", "host", "--backend", backends,
+           "--precision", "fp32,int8", "--runs", str(runs), "--threads", str(threads), "--format", "json"]
+    for m in models:
+        cmd += ["--model", m]
+    cmd += extra
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    return cmd, json.loads(done.stdout)
+
+
+def p50(rows: list[dict], model: str, backend: str, precision: str) -> float | None:
+    for r in rows:
+        if r["model"] == model and r["backend"] == backend and r["precision"] == precision and r["latency_ms"]:
+            return r["latency_ms"]["p50"]
+    return None
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}" if a and b else "-"
+
+
+def table(doc: dict, models: list[str]) -> list[str]:
+    rows = doc["results"]
+    lines = ["| model | tflite fp32 p50 ms | tflite int8/fp32 | onnx int8/fp32 | tvm fp32 / tflite fp32 | "
+             "end-to-end / invoke (tflite int8) |", "|---|---:|---:|---:|---:|---:|"]
+    for m in models:
+        e2e = next((r.get("end_to_end") for r in rows if r["model"] == m and r["backend"] == "tflite"
+                    and r["precision"] == "int8"), None)
+        t_int8 = p50(rows, m, "tflite", "int8")
+        lines.append(f"| {m} | {p50(rows, m, 'tflite', 'fp32') or '-'} | "
+                     f"{ratio(t_int8, p50(rows, m, 'tflite', 'fp32'))} | "
+                     f"{ratio(p50(rows, m, 'onnx', 'int8'), p50(rows, m, 'onnx', 'fp32'))} | "
+                     f"{ratio(p50(rows, m, 'tvm', 'fp32'), p50(rows, m, 'tflite', 'fp32'))} | "
+                     f"{ratio(e2e['total_ms'], t_int8) if e2e else '-'} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", type=int, default=300)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backends", default="tflite,onnx")
+    p.add_argument("--output", type=Path, default=REPO / "tools" / "perf_report.md")
+    a = p.parse_args(argv)
+    out = [f"# Speed ratios (tools/perf_report.py, {a.runs} runs, {a.threads} thread(s), host {os.uname().machine})",
+           ""]
+    for models, extra in ((list(DEMO), []), ([FULL], ["--weights", "random", "--calib", "demo-classification"])):
+        cmd, doc = bench(models, a.backends, a.runs, a.threads, extra)
+        loads = sorted({tuple(r.get("timing", {}).get("load_average") or ()) for r in doc["results"]})
+        out += ["    " + " ".join(cmd[1:]).replace(sys.executable, "python3"), "",
+                f"load average before/after timing: {loads}", ""] + table(doc, models) + [""]
+        out += [f"Note: {n}" for n in doc.get("notes", [])] + [""]
+    text = "\n".join(out)
+    a.output.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
