@@ -267,7 +267,8 @@ def prune_cmd(model, method, ratio, importance, scope, finetune_epochs, data, va
 @cli.command("quantize")
 @click.argument("model")
 @calib_option("Calibration set: a name under calibration/ or a folder of images.", required=True)
-@click.option("--backend", type=choice(QuantBackend), default=QuantBackend.TFLITE.value, show_default=True)
+@click.option("--backend", type=choice(QuantBackend), default=None,
+              help="Where the int8 model runs [default: onnx for an .onnx file (QDQ), else tflite].")
 @click.option("--per-channel/--per-tensor", default=True, show_default=True,
               help="Weight scales per channel or per tensor.")
 @click.option("--method", type=choice(QuantMethod), default=QuantMethod.MINMAX.value, show_default=True,
@@ -288,8 +289,11 @@ def prune_cmd(model, method, ratio, importance, scope, finetune_epochs, data, va
 @stage_output("Folder for <model>-int8.*, <model>-fp32.* and <model>-int8.json.")
 def quantize_cmd(model, calib, backend, per_channel, method, io, max_drop, fallback, weights, val, val_limit,
                  arch, output_dir, fmt, contract) -> None:
-    """Quantize MODEL (zoo name or .keras/.h5/.onnx file) to int8 and validate it against fp32."""
+    """Quantize MODEL (zoo name or .keras/.h5/.onnx/.tflite file) to int8 and validate it against fp32."""
     from edgecnn.quantize import quantize
+
+    if backend is None:  # the file's own runtime: an ONNX export stays ONNX (QDQ), no converter in between
+        backend = "onnx" if str(model).lower().endswith(".onnx") else "tflite"
 
     result = quantize(model, calib, output_dir, backend=backend, per_channel=per_channel, method=method, io=io,
                       max_drop=max_drop, fallback=fallback, weights=weights, val=val, val_limit=val_limit,

@@ -66,7 +66,7 @@ class Task(Kind):
 
 # Task names users and exporters write (Ultralytics' segment/pose, MediaPipe's landmarks) that are generic here.
 GENERIC_TASK_NAMES = ("segmentation", "segment", "landmarks", "pose", "embedding", "raw", "other", "ocr",
-                      "recognition", "text_detection")
+                      "recognition", "text_recognition", "text_detection")
 
 
 class Arch(Kind):
