@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from edgecnn import __version__, render
-from edgecnn.errors import EdgecnnError, EdgecnnWarning
+from edgecnn.errors import EdgecnnError, EdgecnnWarning, one_line
 from edgecnn.paths import Terminated, check_output, process_scope
 from edgecnn.kinds import (Arch, Backend, IOType, Kind, OutputFormat, Precision, PruneImportance, PruneMethod,
                            PruneScope, QuantBackend, QuantMethod, ReportFormat)
@@ -508,18 +508,18 @@ def main(argv: list[str] | None = None) -> None:
         with process_scope(), notes_on_stderr():  # SIGTERM cleans up like Ctrl-C; stale temporaries swept
             cli.main(args=argv, prog_name="edgecnn", standalone_mode=False)
     except EdgecnnError as e:
-        click.echo(f"Error: {e}", err=True)
+        click.echo(f"Error: {one_line(e)}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort as e:  # click's wrapping of a KeyboardInterrupt (or a Terminated)
         _stopped(e.__cause__ or e.__context__)
     except click.ClickException as e:
-        click.echo(f"Error: {e.format_message()} (see 'edgecnn --help')", err=True)
+        click.echo(f"Error: {one_line(e.format_message())} (see 'edgecnn --help')", err=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt as e:
         _stopped(e)
     except Exception as e:  # a bug, not bad input: one line unless the user asks for the traceback
         if os.environ.get("EDGECNN_DEBUG"):
             raise
-        click.echo(f"Error: internal error: {type(e).__name__}: {e} (set EDGECNN_DEBUG=1 for the traceback)",
-                   err=True)
+        click.echo(f"Error: internal error: {type(e).__name__}: {one_line(e)} "
+                   "(set EDGECNN_DEBUG=1 for the traceback)", err=True)
         sys.exit(70)

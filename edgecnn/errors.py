@@ -41,3 +41,9 @@ class AccuracyError(EdgecnnError):
 
 class EdgecnnWarning(UserWarning):
     """A note for the user (a small calibration set, accuracy not measured): the CLI prints it as it happens."""
+
+
+def one_line(error: BaseException | str) -> str:
+    """The message on one line: a library's multi-line text (a converter's stack of causes) would otherwise
+    print as an `Error:` line followed by lines no tool reading stderr attributes to it."""
+    return " ".join(str(error).split())

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         print("Error: the runner needs numpy: pip install 'edgecnn[runner]'", file=sys.stderr)
         return 1
-    from edgecnn.errors import DataError, EdgecnnError
+    from edgecnn.errors import DataError, EdgecnnError, one_line
     from edgecnn.logfilter import native_logs
     from edgecnn.paths import Terminated, process_scope
     from edgecnn.runner.run import run_bundle
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 save_coco_results(args.save_predictions, result.get("predictions") or [])
     except EdgecnnError as e:
-        print(f"Error: {e}", file=sys.stderr)
+        print(f"Error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)

@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image", default=None, help="time on this image (preprocessed per bundle), else a random one")
     p.add_argument("--cpu-time", action="store_true")
     args = p.parse_args(argv)
-    from edgecnn.errors import EdgecnnError
+    from edgecnn.errors import EdgecnnError, one_line
     from edgecnn.logfilter import native_logs
     from edgecnn.paths import Terminated, process_scope
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             result = time_interleaved(args.bundles, runs=args.runs, warmup=args.warmup, rounds=args.rounds,
                                       threads=args.threads, image=args.image, cpu_time=args.cpu_time)
     except (EdgecnnError, ValueError) as e:
-        print(f"Error: {e}", file=sys.stderr)
+        print(f"Error: {one_line(e)}", file=sys.stderr)
         return getattr(e, "exit_code", 1)
     except KeyboardInterrupt as e:
         print("Error: terminated" if isinstance(e, Terminated) else "Error: interrupted", file=sys.stderr)

@@ -102,3 +102,19 @@ def test_runner_refuses_to_score_a_classifier_against_the_wrong_classes(tmp_path
     cv2.imwrite(str(flat / "y.png"), np.full((32, 32, 3), 50, np.uint8))
     r = run_bundle(bundle, data=flat, runs=1, warmup=0)
     assert r["accuracy"] is None and r["inputs"] == "unlabelled" and r["images"] == 1
+
+
+def test_a_multi_line_library_message_is_printed_on_one_line(monkeypatch, capsys, tmp_path):
+    """A converter's stacked causes must not spill past the one `Error:` line tools read."""
+    from edgecnn import cli, source
+
+    def fail(*args, **kwargs):
+        raise ModelError("onnx2tf cannot convert m.onnx:\n  Exception in layer\n\n  tf.nn.softmax; use onnx")
+
+    monkeypatch.setattr(source, "load_source", fail)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["compile", str(_onnx(tmp_path / "m.onnx", [1, 4])), "--target", "host", "--backend", "onnx",
+                  "-o", str(tmp_path / "out")])
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("loading ")]  # progress
+    assert exit_info.value.code == 1 and len(err) == 1
+    assert err[0] == "Error: onnx2tf cannot convert m.onnx: Exception in layer tf.nn.softmax; use onnx"
