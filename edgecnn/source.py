@@ -280,7 +280,7 @@ def _from_file(path: Path, preprocessing, layout: str | None = None, contract: d
     classes = meta.get("classes")
     prep = _prep(pre, path.name)
     check_image_input(path.stem, shape, prep, model_layout)  # the input first: it decides what else to say
-    task, head = _task_and_head(meta, outputs, path, side, notes)
+    task, head = _task_and_head(meta, outputs, path, side, notes, head_option="head" in options)
     src = SourceModel(name=path.stem, ref=str(path), kind=fmt, task=task, preprocessing=prep,
                       classes=list(classes) if classes else None, head=head, input_shape=shape,
                       precision=precision, demo=bool(meta.get("demo", False)), path=path, keras_model=keras_model,
@@ -293,7 +293,8 @@ def _from_file(path: Path, preprocessing, layout: str | None = None, contract: d
     return src
 
 
-def _task_and_head(meta: dict, outputs: list, path: Path, side: Path, notes: list[str]) -> tuple[str, dict | None]:
+def _task_and_head(meta: dict, outputs: list, path: Path, side: Path, notes: list[str],
+                   head_option: bool = False) -> tuple[str, dict | None]:
     """The task a model file is scored by, and its detector head: as the user or the file's metadata says.
 
     Never guessed from output shapes beyond one safe case: a model with one [N, C] output and no task
@@ -324,8 +325,11 @@ def _task_and_head(meta: dict, outputs: list, path: Path, side: Path, notes: lis
             raise ModelError(f"{path.name}: a detector needs its head to decode its outputs: pass --head (yolo, "
                              f"yolov5, ssd:FILE.json, ...) or write head in {side.name} (README, 'Detection heads')")
         head = head_spec(head, f"{path.name} head")
-    elif head:
-        raise ModelError(f"{path.name}: a head is given but the task is {task.value}; heads decode detectors")
+    elif head and head_option:
+        raise ModelError(f"{path.name}: --head is given but the task is {task.value}; heads decode detectors")
+    elif head:  # the sidecar's or metadata's head, overridden by --task: not used
+        notes.append(f"{path.name}: task {task.value} (--task): the head in {side.name} or the metadata is not used")
+        head = None
     if task == Task.CLASSIFICATION:
         _check_class_count(meta.get("classes"), outputs, path)
     return task.value, head

@@ -70,7 +70,8 @@ def head_spec(head: dict | None, what: str = "head") -> dict | None:
     kind = _ALIASES.get(given, given)
     if kind not in HEAD_TYPES:
         raise ModelError(f"{what}: head type {head.get('type')!r} is not known; choose from "
-                         f"{', '.join(HEAD_TYPES)} (see README, 'Detection heads')" if given else
+                         f"{', '.join(HEAD_TYPES)} (README, 'Detection heads'), or bench it with --task generic "
+                         "(latency and fidelity, no mAP)" if given else
                          f"{what}: the head has no type; give one of {', '.join(HEAD_TYPES)}")
     spec: dict[str, Any] = {**head, "type": kind}
     if kind == "yolo_region":

@@ -77,8 +77,11 @@ def test_detector_needs_a_head_and_ultralytics_metadata_gives_it(tmp_path):
     assert v5.task == "detection" and v5.head["objectness"] is True
     with pytest.raises(ModelError, match="head type 'retina' is not known"):
         load_source(_onnx(tmp_path / "r.onnx", [1, 6, 20]), contract={"head": "retina"})
-    with pytest.raises(ModelError, match="a head is given but the task is classification"):
+    with pytest.raises(ModelError, match="--head is given but the task is classification"):
         load_source(_onnx(tmp_path / "h.onnx", [1, 6, 20]), contract={"head": "yolo", "task": "classification"})
+    timed = load_source(_onnx(tmp_path / "t.onnx", [1, 6, 20], {"task": "detection", "head": {"type": "picodet"}}),
+                        contract={"task": "generic"})  # an unknown head in the sidecar: --task generic still times it
+    assert timed.task == "generic" and timed.head is None and any("is not used" in n for n in timed.notes)
     seg = load_source(_onnx(tmp_path / "s.onnx", [1, 38, 20], props={"task": "segment"}))
     assert seg.task == "generic"  # Ultralytics segment: masks beyond the detect format, not decoded as boxes
 
