@@ -40,6 +40,7 @@ class Backend(Kind):
     TFLITE = "tflite"
     ONNX = "onnx"
     TVM = "tvm"
+    NCNN = "ncnn"
 
 
 class Precision(Kind):

@@ -37,6 +37,7 @@ COMPILERS: dict[str, str] = {
     Backend.TFLITE.value: "edgecnn.compile.tflite",
     Backend.ONNX.value: "edgecnn.compile.onnx",
     Backend.TVM.value: "edgecnn.compile.tvm",
+    Backend.NCNN.value: "edgecnn.compile.ncnn",
 }
 # Detector post-processing for mAP: a low score threshold (COCO ranks every candidate), per-class NMS.
 POSTPROCESS_DETECTION = {"conf_threshold": 0.005, "iou_threshold": 0.45, "max_detections": 100}

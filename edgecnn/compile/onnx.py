@@ -128,5 +128,13 @@ class OnnxCompiler(Compiler):
     def made_from(self, source) -> str:
         return TFLITE_TO_ONNX[source.precision] if source.kind == "tflite" else super().made_from(source)
 
+    def key_parts(self, job) -> dict:
+        """int8: the activation/weight types chosen for the target (and, on x86, this machine's VNNI)."""
+        if job.precision != Precision.INT8.value:
+            return {}
+        from edgecnn.quantize.onnx import quant_types
+
+        return {"quant_types": quant_types(job.target.arch).settings()}
+
 
 COMPILER = OnnxCompiler(sys.modules[__name__])

@@ -23,7 +23,7 @@ from edgecnn.errors import ToolError
 from edgecnn.paths import atomic_dir, cache_dir
 
 # Distribution names the guest needs; versions come from the host.
-GUEST_PACKAGES = ("numpy", "onnxruntime", "ai-edge-litert")
+GUEST_PACKAGES = ("numpy", "onnxruntime", "ai-edge-litert", "ncnn")
 TVM_PACKAGES = ("apache-tvm", "apache-tvm-ffi")  # optional: `edgecnn emulator setup --with-tvm`
 GUEST_PYTHON_VERSION = "3.11"
 MANIFEST = "edgecnn-site.json"

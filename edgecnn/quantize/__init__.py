@@ -119,9 +119,8 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         except DataError as e:
             raise DataError(f"--val: {e}") from None
     source = load_source(model, weights=weights, preprocessing=preprocessing, contract=contract)
-    if source.kind == "tflite" and backend != "tflite":
-        raise ModelError(f"{Path(source.ref).name} is a TFLite flatbuffer: quantize it with --backend tflite "
-                         "(ai-edge-quantizer), or give its ONNX export for --backend onnx")
+    if source.kind == "tflite" and source.precision == "int8":
+        raise ModelError(f"{Path(source.ref).name} is already an int8 TFLite model: there is nothing to quantize")
     if cset.task and cset.task != source.task:
         raise DataError(f"calibration set '{cset.name}' is for {cset.task}, but {source.name} is a "
                         f"{source.task} model")

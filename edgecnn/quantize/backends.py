@@ -157,6 +157,10 @@ class ONNXSession(QuantizerBackend):
         self.per_channel, self.method = per_channel, method
         if source.onnx_path is not None:
             self.float_path = source.onnx_path
+        elif source.kind == "tflite":  # tf2onnx, checked against the file; float16 weights become float32
+            from edgecnn.frameworks.convert import tflite_to_onnx
+
+            self.float_path = tflite_to_onnx(source.path, work / "float.onnx")
         else:
             self.float_path = onnx_backend.export_float(source.keras_model, work)
         self.calib = calib.renamed(onnx_backend.input_name(self.float_path), layout=source.layout)
@@ -282,8 +286,11 @@ def open_backend(backend: str, source, calib: CalibrationData, work: Path, per_c
     """
     cls = BACKENDS[backend]
     if cls is TFLiteSession and source.keras_model is None:
+        if source.kind == "tflite" and source.precision == "int8":
+            raise ModelError(f"{source.ref} is already int8: there is nothing to quantize")
         if source.kind == "tflite" and source.precision != "fp32":
-            raise ModelError(f"{source.ref} is already {source.precision}: there is nothing to quantize")
+            raise ModelError(f"{source.ref} is {source.precision}, and ai-edge-quantizer takes fp32 .tflite files: "
+                             "quantize it with --backend onnx (tf2onnx to an fp32 ONNX model, then QDQ int8)")
         cls = TFLiteFileSession
     if method not in {m.value for m in cls.methods} or io not in {t.value for t in cls.io_types}:
         raise EdgecnnError(f"the {backend} backend quantizes {source.name} (a {source.kind} file) with "

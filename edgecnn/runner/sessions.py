@@ -349,6 +349,72 @@ def _serving_cuda_kernels(bundle: Bundle, kernels: dict | None):
             tvm_ffi.register_global_func(name, previous, override=True)
 
 
+class NcnnSession(Session):
+    """ncnn's Net on the CPU (model.ncnn.param/.bin): threads, light mode and fp16 switches from backend_options.
+
+    ncnn runs one image without a batch axis: each input is given with batch 1
+    and fed without it, and each output gets its batch axis back, shaped as the
+    manifest says, so it compares with the source model's. fp16 storage or
+    arithmetic is used only when the manifest allows it (ncnn's own defaults
+    would turn both on wherever the CPU has them).
+    """
+
+    backend = Backend.NCNN
+
+    def __init__(self, bundle: Bundle, threads: int | None = None):
+        super().__init__(bundle, threads)
+        try:
+            import ncnn
+        except ImportError:
+            raise MissingRuntime("ncnn") from None
+        self._ncnn = ncnn
+        opts = self.manifest.backend_options
+        self._net = ncnn.Net()
+        o = self._net.opt
+        o.num_threads = self.threads
+        o.lightmode = bool(opts.get("light_mode", True))
+        o.use_fp16_storage = bool(opts.get("fp16_storage", False))
+        o.use_fp16_packed = bool(opts.get("fp16_packed", False))
+        o.use_fp16_arithmetic = bool(opts.get("fp16_arithmetic", False))
+        o.use_bf16_storage = False
+        o.use_vulkan_compute = False
+        param, weights = bundle.file("param"), bundle.file("bin")
+        if self._net.load_param(str(param)) != 0 or self._net.load_model(str(weights)) != 0:
+            raise ModelError(f"ncnn cannot load {param.name} / {weights.name} in {bundle.path}")
+        blobs = list(self._net.input_names()), list(self._net.output_names())
+        _check_count(bundle, len(blobs[0]), len(blobs[1]))
+        for spec in self.manifest.inputs + self.manifest.outputs:
+            if spec.name not in blobs[0] + blobs[1]:
+                raise ModelError(f"manifest names blob {spec.name!r}, the ncnn model has {blobs[0] + blobs[1]}")
+        self._feed: list = []
+        self._result: list = []
+
+    def _set_inputs(self, arrays):
+        # The arrays are kept next to their Mats: a Mat may point into an array's memory.
+        images = [np.ascontiguousarray(x[0], np.float32) for x in arrays]
+        self._feed = [(spec.name, x, self._ncnn.Mat(x)) for spec, x in zip(self.manifest.inputs, images)]
+
+    def invoke(self):
+        ex = self._net.create_extractor()
+        for name, _, mat in self._feed:
+            ex.input(name, mat)
+        result = []
+        for spec in self.manifest.outputs:
+            ret, mat = ex.extract(spec.name)  # ncnn computes lazily: this runs the layers up to the blob
+            if ret != 0:
+                raise ModelError(f"ncnn failed computing output {spec.name!r} (code {ret})")
+            result.append(mat)
+        self._result = result
+
+    def _raw_outputs(self):
+        outs = []
+        for spec, mat in zip(self.manifest.outputs, self._result):
+            y = np.array(mat, dtype=np.float32)
+            shape = [1 if d == -1 else d for d in spec.shape]
+            outs.append(y.reshape(shape) if int(np.prod(shape)) == y.size else y[None])
+        return outs
+
+
 def _check_count(bundle: Bundle, inputs: int, outputs: int) -> None:
     m = bundle.manifest
     if inputs != len(m.inputs) or outputs != len(m.outputs):
@@ -361,6 +427,7 @@ SESSIONS: dict[Backend, type[Session]] = {
     Backend.TFLITE: TFLiteSession,
     Backend.ONNX: OnnxSession,
     Backend.TVM: TvmSession,
+    Backend.NCNN: NcnnSession,
 }
 
 
@@ -384,5 +451,5 @@ def predict(session: Session, batch: np.ndarray) -> list[np.ndarray]:
     return per_image(session, batch)
 
 
-__all__ = ["MissingRuntime", "OnnxSession", "SESSIONS", "Session", "TFLiteSession", "TvmSession",
+__all__ = ["MissingRuntime", "NcnnSession", "OnnxSession", "SESSIONS", "Session", "TFLiteSession", "TvmSession",
            "open_session", "predict", "resolve_threads"]

@@ -198,8 +198,18 @@ def test_float16_tflite_asks_for_its_own_precision_and_int8_file_quantizing_is_r
     with pytest.raises(ModelError, match="already fp16; compile it with --precision fp16"):
         compile_model(tflites["fp16"], "host", backend="tflite", precision="fp32")
     assert compile_model(tflites["fp16"], "host", backend="tflite").bundle.manifest.precision == "fp16"  # no flag
-    with pytest.raises(ModelError, match="nothing to quantize"):
+    with pytest.raises(ModelError, match="quantize it with --backend onnx"):
         quantize(tflites["fp16"], user["calib"], "/tmp/edgecnn-never-written", backend="tflite")
+
+
+def test_float16_tflite_quantizes_through_onnx(tflites, user, tmp_path):
+    """The path the refusal names: tf2onnx to fp32 ONNX (checked against the file), then QDQ int8."""
+    from edgecnn.quantize import quantize
+
+    r = quantize(tflites["fp16"], user["calib"], tmp_path / "q", backend="onnx", val=user["val"])
+    assert r.output.suffix == ".onnx" and r.output.is_file()
+    assert r.accuracy["fp32"]["top1"] > 0.5 and r.accuracy["drop_points"] is not None
+    assert all(o["cosine"] > 0.9 for o in r.outputs)
 
 
 def test_bench_takes_tflite_and_onnx_files_at_their_own_precision(tflites, user):
