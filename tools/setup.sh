@@ -27,6 +27,9 @@ python3 -m pip install -q --disable-pip-version-check --progress-bar off --no-de
 # TFLite model metadata (normalisation, labels; edgecnn.contract.tflite_metadata) through TFLite Support's generated
 # schema: without its dependencies, whose protobuf and sounddevice pins the metadata reader does not need.
 python3 -m pip install -q --disable-pip-version-check --progress-bar off --no-deps tflite-support==0.4.4
+# The ncnn backend's converter (edgecnn.compile.ncnn runs its pnnx program): without its dependencies, since its
+# wheel requires torch, which the program does not use.
+python3 -m pip install -q --disable-pip-version-check --progress-bar off --no-deps pnnx==20261020
 # pyenv installs console scripts behind shims that exist only after a rehash.
 if command -v pyenv >/dev/null 2>&1; then pyenv rehash; fi
 

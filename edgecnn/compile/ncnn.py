@@ -41,6 +41,7 @@ FILES = {"param": "model.ncnn.param", "bin": "model.ncnn.bin"}
 INPUT_BLOB = "in0"  # pnnx names the blobs in0.., out0.. in the order of the ONNX graph's inputs and outputs
 INSTALL_PNNX = "bash tools/setup.sh installs it (pip install --no-deps pnnx: its wheel requires torch, the binary does not)"
 PNNX_TIMEOUT_S = 900
+PNNX_MAX_IR = 13  # pnnx 20261020 embeds onnxruntime 1.30
 
 
 def check(job: Job) -> None:
@@ -102,7 +103,7 @@ def _onnx_for_pnnx(job: Job, work: Path) -> tuple[Path, str, list[int]]:
 
     src = job.source
     if src.kind == "onnx":
-        return _with_pad_modes(src.path, work / "for-pnnx.onnx"), src.layout, list(src.static_shape)
+        return _for_pnnx(src.path, work / "for-pnnx.onnx"), src.layout, list(src.static_shape)
     n, h, w, c = src.static_shape  # Keras and TFLite models are NHWC
     if src.kind == "tflite":
         from edgecnn.frameworks.convert import tflite_to_onnx
@@ -115,7 +116,7 @@ def _onnx_for_pnnx(job: Job, work: Path) -> tuple[Path, str, list[int]]:
         exported, layout, shape = onnx_channels_first(src.keras_model, work / "nchw.onnx"), "NCHW", [n, c, h, w]
     for note in bind_and_simplify(exported, work / "bound.onnx", shape):
         job.log(f"ncnn: {note}")
-    return _with_pad_modes(work / "bound.onnx", work / "for-pnnx.onnx"), layout, shape
+    return _for_pnnx(work / "bound.onnx", work / "for-pnnx.onnx"), layout, shape
 
 
 def onnx_channels_first(keras_model, path: Path) -> Path:
@@ -139,9 +140,14 @@ def onnx_channels_first(keras_model, path: Path) -> Path:
     return path
 
 
-def _with_pad_modes(path: Path, out: Path) -> Path:
-    """A copy whose Pad nodes name their mode: pnnx matches only a Pad with an explicit mode attribute, and
-    tf2onnx leaves the default ("constant") out, so an unmatched Pad would reach ncnn, which has none."""
+def _for_pnnx(path: Path, out: Path) -> Path:
+    """A copy of the ONNX graph that pnnx reads as meant.
+
+    pnnx matches only a Pad node with an explicit mode attribute, and tf2onnx leaves
+    the default ("constant") out: an unmatched Pad would reach ncnn, which has no
+    Pad layer. pnnx loads the graph with the onnxruntime built into it, which reads
+    IR versions up to PNNX_MAX_IR; newer onnx writes newer ones for the same ops.
+    """
     import onnx
     from onnx import helper
 
@@ -149,6 +155,7 @@ def _with_pad_modes(path: Path, out: Path) -> Path:
     for node in model.graph.node:
         if node.op_type == "Pad" and not any(a.name == "mode" for a in node.attribute):
             node.attribute.append(helper.make_attribute("mode", "constant"))
+    model.ir_version = min(model.ir_version, PNNX_MAX_IR)
     onnx.save(model, str(out))
     return out
 
@@ -172,7 +179,8 @@ def run_pnnx(onnx_path: Path, shape: list[int], out: Path, work: Path, fp16: boo
         last = [ln for ln in (done.stderr + done.stdout).strip().splitlines() if ln.strip()][-1:] or ["no message"]
         raise ModelError(f"pnnx could not convert {onnx_path.name} (exit {done.returncode}): {last[0]}")
     # "ignore Pad Pad_8 param pads=(...)": an op pnnx wrote to the .param as it is, for ncnn to refuse or run.
-    return sorted({ln.split()[1] for ln in done.stdout.splitlines() if ln.startswith("ignore ") and len(ln.split()) > 1})
+    lines = (done.stdout + "\n" + done.stderr).splitlines()
+    return sorted({ln.split()[1] for ln in lines if ln.startswith("ignore ") and len(ln.split()) > 1})
 
 
 def _specs(path: Path, layout: str, kind: str) -> tuple[list[TensorSpec], list[TensorSpec]]:

@@ -236,7 +236,11 @@ def _validation_set(source, val, val_limit):
         dataset = demo_dataset(source.task, "val")
     else:
         return None
-    if source.classes and len(dataset.classes) != len(source.classes):
+    if source.task == Task.DETECTION:  # a data set may label some of a detector's classes, by name
+        from edgecnn.runner.metrics import class_map
+
+        class_map(source.classes, dataset.classes, str(val or dataset.name))
+    elif source.classes and len(dataset.classes) != len(source.classes):
         raise DataError(f"validation data has {len(dataset.classes)} classes, {source.name} predicts "
                         f"{len(source.classes)}")
     if source.task == Task.CLASSIFICATION and source.classes and dataset.classes != source.classes:

@@ -181,8 +181,9 @@ class ONNXSession(QuantizerBackend):
     def quantize(self, float_layers: Sequence[str] = ()) -> bytes:
         if self._pre is None:
             self._pre = self._o.preprocess(self.float_path, self.work)
+        yolo = (self.source.head or {}).get("type") == "yolo"  # boxes and scores in one output: decode in float
         self._last = self._o.quantize(self._pre, self.calib, self.work, self.per_channel, self.method, float_layers,
-                                      self.types)
+                                      self.types, float_tail=yolo)
         return self._last.read_bytes()
 
     def use_arch(self, arch: str | None) -> None:

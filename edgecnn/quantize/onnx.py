@@ -133,23 +133,55 @@ def _host_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags
 
 
+# Ops with weights: where a model's learned part ends, going back from its outputs.
+_WEIGHTED = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+
+def output_tail(path: Path) -> list[str]:
+    """Names of the nodes between the graph outputs and the last weighted op on each path back from them.
+
+    In an anchor-free YOLO export that tail is the decode: box arithmetic, sigmoid scores and the final
+    Concat of boxes in pixels with scores in 0..1, where one int8 scale for the mixed tensor (0..320 beside
+    0..1) rounds every score to zero (nudenet's YOLOv8n: mAP@0.5:0.95 0.393 fp32 -> 0.000 int8; 0.381 with
+    the tail in float). It has no weights, so keeping it in float costs little; the layers before it are int8.
+    """
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    tail: list[str] = []
+    seen: set[str] = set()
+    stack = [o.name for o in graph.output]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen or node.op_type in _WEIGHTED:
+            continue
+        seen.add(node.name)
+        tail.append(node.name)
+        stack.extend(node.input)
+    return tail
+
+
 def quantize(pre_path: Path, calib: CalibrationData, work: Path, per_channel: bool = True,
-             method: str = "minmax", float_layers: Sequence[str] = (), types: QuantTypes | None = None) -> Path:
-    """QDQ int8 model; float_layers are node names left unquantized; types default to this machine's
-    (quant_types()). Returns the written file."""
+             method: str = "minmax", float_layers: Sequence[str] = (), types: QuantTypes | None = None,
+             float_tail: bool = False) -> Path:
+    """QDQ int8 model; float_layers are node names left unquantized, and with float_tail the output_tail too
+    (anchor-free YOLO heads); types default to this machine's (quant_types()). Returns the written file."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     types = types or quant_types()
     qtype = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}
     tag = f"{types.activations[0]}{types.weights[0]}{'r' if types.reduce_range else ''}"
-    out = work / f"int8-{tag}-{len(float_layers)}.onnx"
+    out = work / f"int8-{tag}-{len(float_layers)}{'-tail' if float_tail else ''}.onnx"
+    excluded = sorted({*float_layers, *(output_tail(pre_path) if float_tail else ())})
     # The cached ranges are float min/max per tensor, the same whatever 8-bit types they are mapped to.
     cache = work / f"calibration-{method}-{'pc' if per_channel else 'pt'}.json"
     reader = None if cache.is_file() else calib.ort_reader()
     quantize_static(str(pre_path), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                     reduce_range=types.reduce_range,
                     activation_type=qtype[types.activations], weight_type=qtype[types.weights],
-                    nodes_to_exclude=list(float_layers) or None, calibrate_method=_method(method),
+                    nodes_to_exclude=excluded or None,
+                    calibrate_method=_method(method),
                     calibration_cache_path=str(cache),
                     # Symmetric int8 weights (zero point 0) are what the int8 kernels of onnxruntime's MLAS
                     # (and TFLite) expect; activations keep a zero point, so a ReLU output uses all 256 steps.

@@ -48,7 +48,7 @@ def evaluate(predict: Predict, source, dataset=None, images: np.ndarray | None =
             accuracy = evaluate_classifier(first_output, dataset, prep, batch_size)
         else:
             accuracy = evaluate_detector(all_outputs, dataset, prep, decoder(source.metadata(), source.ref),
-                                         batch_size)
+                                         batch_size, source.classes)
     else:
         for start in range(0, len(images), batch_size):
             first_output(images[start:start + batch_size])

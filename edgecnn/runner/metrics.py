@@ -98,10 +98,37 @@ def evaluate_classifier(predict: Callable[[np.ndarray], np.ndarray], dataset: Cl
     return topk_accuracy(np.array(labels), np.concatenate(scores))
 
 
+def class_map(model_classes: list[str] | None, data_classes: list[str], data: str) -> np.ndarray | None:
+    """Model class index -> data set class index (-1: a class the data set lacks); None when identical.
+
+    A data set may label a subset of the model's classes (faces only, of a detector of 18 classes); a class
+    the model does not know is an error, never a silent zero.
+    """
+    from edgecnn.errors import DataError
+
+    if not model_classes or list(model_classes) == list(data_classes):
+        return None
+    unknown = [c for c in data_classes if c not in model_classes]
+    if unknown:
+        raise DataError(f"{data}: class(es) {', '.join(unknown)} are not among the model's {list(model_classes)}")
+    return np.array([data_classes.index(c) if c in data_classes else -1 for c in model_classes], np.int64)
+
+
+def _mapped(det: Detections, mapping: np.ndarray | None) -> Detections:
+    """Detections with the model's labels turned into the data set's, those of classes it lacks dropped."""
+    if mapping is None:
+        return det
+    labels = mapping[det.labels]
+    keep = labels >= 0
+    return Detections(det.boxes[keep], det.scores[keep], labels[keep])
+
+
 def evaluate_detector(predict: Callable[[np.ndarray], np.ndarray | list], dataset: DetectionDataset, preprocess,
-                      postprocess: Callable[[list], Detections], batch_size: int = 32) -> dict[str, float]:
+                      postprocess: Callable[[list], Detections], batch_size: int = 32,
+                      model_classes: list[str] | None = None) -> dict[str, float]:
     """Run `predict` (batch -> the raw output, or the list of outputs) and `postprocess` (one image's outputs ->
-    Detections) over a data set."""
+    Detections) over a data set; with `model_classes`, labels are mapped to the data set's classes by name."""
+    mapping = class_map(model_classes, dataset.classes, dataset.name or "data set")
     all_dets: list[Detections] = []
     for start in range(0, len(dataset), batch_size):
         chunk = dataset.samples[start:start + batch_size]
@@ -109,7 +136,7 @@ def evaluate_detector(predict: Callable[[np.ndarray], np.ndarray | list], datase
         outs = predict(np.concatenate([b for b, _ in prepared]))
         outs = [np.asarray(o) for o in outs] if isinstance(outs, (list, tuple)) else [np.asarray(outs)]
         for i, (_, transform) in enumerate(prepared):
-            det = postprocess([o[i] for o in outs])
+            det = _mapped(postprocess([o[i] for o in outs]), mapping)
             boxes = transform.boxes_to_original(det.boxes) if len(det) else det.boxes
             all_dets.append(Detections(np.asarray(boxes, np.float32), det.scores, det.labels))
     return coco_map(dataset, all_dets)
@@ -128,7 +155,7 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], metadata: dict,
     prep = Preprocessing.from_dict(metadata["preprocessing"])
     if isinstance(dataset, ClassificationDataset):
         return evaluate_classifier(predict, dataset, prep, batch_size)
-    return evaluate_detector(predict, dataset, prep, decoder(metadata), batch_size)
+    return evaluate_detector(predict, dataset, prep, decoder(metadata), batch_size, metadata.get("classes"))
 
 
 def primary_metric(task: str) -> str | None:

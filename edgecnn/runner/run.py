@@ -169,16 +169,6 @@ def _prepare(manifest):
     return Preprocessing.from_dict(manifest.preprocessing)
 
 
-def _label_map(model_classes: list[str] | None, data_classes: list[str], data: str) -> np.ndarray | None:
-    """Model class index -> data set class index (-1: a class the data set lacks); None when identical."""
-    if not model_classes or list(model_classes) == list(data_classes):
-        return None
-    unknown = [c for c in data_classes if c not in model_classes]
-    if unknown:
-        raise DataError(f"{data}: class(es) {', '.join(unknown)} are not among the model's {list(model_classes)}")
-    return np.array([data_classes.index(c) if c in data_classes else -1 for c in model_classes], np.int64)
-
-
 STAGES = ("decode", "preprocess", "feed", "invoke", "fetch", "postprocess")
 
 
@@ -239,7 +229,9 @@ def evaluate_bundle(session: Session, dataset) -> dict[str, Any]:
     if dataset.task != m.task:
         raise DataError(f"{dataset.name or 'the data set'} is a {dataset.task} data set, but {m.name} is a "
                         f"{m.task} model")
-    mapping = _label_map(m.classes, dataset.classes, dataset.name or "data set")
+    from edgecnn.runner.metrics import class_map
+
+    mapping = class_map(m.classes, dataset.classes, dataset.name or "data set")
     if m.task == "classification":
         def top(outputs, _):
             scores = np.asarray(outputs[0]).reshape(1, -1)

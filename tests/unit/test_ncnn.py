@@ -1,0 +1,184 @@
+"""The ncnn backend on the host: Keras, ONNX and TFLite sources through pnnx, the runner's NcnnSession, int8 refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgecnn.artifacts import load_bundle
+from edgecnn.compile import compile_model, compiler
+from edgecnn.errors import DataError, ModelError, ToolError
+from edgecnn.runner.sessions import NcnnSession, open_session, predict
+from fixtures import colors as QF
+from fixtures import model_files as F
+
+PARAM, BIN = "model.ncnn.param", "model.ncnn.bin"
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ncnn")
+    return {"model": F.classifier(root / "m"), "onnx": F.nchw_classifier(root / "onnx"),
+            "tflite": F.tflite_files(root / "tflite"), "root": root}
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([QF.color_image(rng, i % 3) for i in range(n)]).astype(np.float32) / 255
+
+
+def layers(bundle_dir: Path) -> list[str]:
+    """The layer types of an ncnn .param (after the magic number and the counts line)."""
+    return [line.split()[0] for line in (bundle_dir / PARAM).read_text().splitlines()[2:] if line.strip()]
+
+
+def test_keras_model_for_the_host(files, tmp_path):
+    import keras
+
+    out = tmp_path / "bundle"
+    r = compile_model(files["model"], "host", backend="ncnn", output_dir=out)
+    b = load_bundle(out)
+    m = b.manifest
+    assert m.backend == "ncnn" and m.precision == "fp32" and m.files == {"param": PARAM, "bin": BIN}
+    assert [(s.name, s.shape, s.dtype, s.layout) for s in m.inputs] == [("in0", [1, 3, 32, 32], "float32", "NCHW")]
+    assert [(s.name, s.shape) for s in m.outputs] == [("out0", [1, 4])]
+    assert m.backend_options["light_mode"] is True and m.backend_options["threads"] >= 1
+    assert not any(m.backend_options[k] for k in ("fp16_storage", "fp16_packed", "fp16_arithmetic"))
+    assert {"ncnn", "pnnx", "tf2onnx"} <= set(m.tools) and r.bundle.size_bytes > 0
+    ver = m.verification
+    assert ver["status"] == "passed" and ver["mode"] == "host" and ver["images"] == 4
+    assert ver["max_abs_diff"] < 1e-4 and ver["outputs"][0]["top1_agreement"] == 1.0
+    # The runner's session, fed NHWC images as every session is, gives what the Keras model gives.
+    session = open_session(b, threads=1)
+    assert isinstance(session, NcnnSession) and session.threads == 1
+    x = images(5)
+    got = predict(session, x)
+    want = keras.models.load_model(files["model"])(x, training=False).numpy()
+    assert len(got) == 1 and got[0].dtype == np.float32 and got[0].shape == (5, 4)
+    assert np.allclose(got[0], want, atol=1e-4) and (got[0].argmax(1) == np.arange(5) % 3).all()
+    with pytest.raises(DataError, match="images are given NHWC"):
+        session(np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_run_bundle_times_the_ncnn_session(files, tmp_path):
+    from edgecnn.runner.run import run_bundle
+
+    out = tmp_path / "bundle"
+    compile_model(files["model"], "host", backend="ncnn", output_dir=out)
+    result = run_bundle(out, runs=5, warmup=1, threads=1)
+    assert result["backend"] == "ncnn" and result["threads"] == 1 and result["inputs"] == "synthetic"
+    assert result["latency_ms"]["p50"] > 0 and result["fps"] > 0
+
+
+def test_fp16_options_follow_the_cores_and_the_files_are_portable(files, tmp_path):
+    built = {t: load_bundle(compile_model(files["model"], t, backend="ncnn", precision="fp16",
+                                          output_dir=tmp_path / t).bundle.path) for t in ("a72", "a76")}
+    a72, a76 = (built[t].manifest for t in ("a72", "a76"))
+    assert a72.precision == a76.precision == "fp16" and a72.backend_options["threads"] == 4
+    # The a76 (ARMv8.2 fp16) may compute in fp16; the a72 stores fp16 but computes in fp32.
+    assert a76.backend_options["fp16_arithmetic"] is True and a72.backend_options["fp16_arithmetic"] is False
+    assert all(m.backend_options["fp16_storage"] and m.backend_options["fp16_packed"] for m in (a72, a76))
+    for name in (PARAM, BIN):
+        assert (built["a72"].path / name).read_bytes() == (built["a76"].path / name).read_bytes()
+    for m in (a72, a76):
+        assert m.verification["status"] == "passed" and m.verification["mode"] == "host"
+        assert "portable ncnn file" in m.verification["note"]
+    fp32 = compile_model(files["model"], "a72", backend="ncnn", output_dir=tmp_path / "fp32").bundle
+    assert (fp32.path / BIN).stat().st_size > (built["a72"].path / BIN).stat().st_size  # fp16 weights
+
+
+def test_nchw_onnx_file(files, tmp_path):
+    from edgecnn.frameworks.ort import predictor
+
+    out = tmp_path / "bundle"
+    compile_model(files["onnx"], "host", backend="ncnn", output_dir=out)
+    m = load_bundle(out).manifest
+    assert m.source["format"] == "onnx" and "tf2onnx" not in m.tools
+    assert m.inputs[0].layout == "NCHW" and m.inputs[0].shape == [1, 3, 32, 32]
+    assert m.verification["status"] == "passed"
+    x = images(3, seed=1)
+    got = predict(open_session(load_bundle(out), threads=1), x)[0]
+    assert np.allclose(got, predictor(files["onnx"], layout="NCHW")(x)[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "fp16"])
+def test_tflite_files_keep_their_precision(files, tmp_path, kind):
+    out = tmp_path / "bundle"
+    r = compile_model(files["tflite"][kind], "a72", backend="ncnn", output_dir=out)
+    m = r.bundle.manifest
+    # tf2onnx keeps TFLite's NHWC input; pnnx turns the graph's transpose into a Permute layer.
+    assert m.precision == kind and m.inputs[0].layout == "NHWC" and m.inputs[0].shape == [1, 32, 32, 3]
+    assert "Permute" in layers(out) and m.verification["status"] == "passed"
+    if kind == "fp16":
+        with pytest.raises(ModelError, match="already fp16"):
+            compile_model(files["tflite"][kind], "a72", backend="ncnn", precision="fp32")
+
+
+def test_zero_padding_without_a_convolution_after_it(tmp_path):
+    """A Pad that onnxslim cannot fold into a convolution still becomes an ncnn layer (pnnx needs its mode)."""
+    import keras
+
+    inp = keras.Input((32, 32, 3), name="image")
+    x = keras.layers.ZeroPadding2D(((0, 1), (0, 1)))(inp)
+    x = keras.layers.MaxPooling2D(3, strides=2)(x)
+    x = keras.layers.Conv2D(4, 1)(x)
+    model = keras.Model(inp, keras.layers.GlobalAveragePooling2D()(x))
+    path = tmp_path / "m" / "padded.keras"
+    path.parent.mkdir()
+    model.save(path)
+    F.sidecar(path)
+    out = tmp_path / "bundle"
+    compile_model(path, "host", backend="ncnn", output_dir=out)
+    assert "Padding" in layers(out) and "Pad" not in layers(out)
+    assert load_bundle(out).manifest.verification["status"] == "passed"
+
+
+def test_int8_is_refused_with_the_backends_that_give_it(files, tmp_path):
+    assert compiler("ncnn").precisions == ("fp32", "fp16") and not compiler("ncnn").supports("int8")
+    with pytest.raises(ModelError, match=r"ncnn2table.*--backend tflite.*--backend onnx"):
+        compile_model(files["model"], "a72", backend="ncnn", precision="int8", output_dir=tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+
+
+def test_missing_pnnx_is_one_tool_error(files, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pnnx" else real(name, *a))
+    with pytest.raises(ToolError, match="pnnx, which is not installed.*tools/setup.sh"):
+        compile_model(files["model"], "host", backend="ncnn")
+
+
+def test_session_refuses_a_manifest_naming_another_blob(files, tmp_path):
+    out = tmp_path / "bundle"
+    compile_model(files["model"], "host", backend="ncnn", output_dir=out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["outputs"][0]["name"] = "logits"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="manifest names blob 'logits'"):
+        open_session(load_bundle(out))
+    (out / BIN).write_bytes(b"")
+    with pytest.raises(ModelError, match="ncnn cannot load"):
+        open_session(load_bundle(out))
+
+
+@pytest.mark.slow
+def test_demo_mobilenet_v2_zero_padding_converts(tmp_path):
+    """The issue's case: MobileNetV2's ZeroPadding2D, exported NHWC, left Pad layers ncnn refused to load."""
+    out = tmp_path / "bundle"
+    r = compile_model("mobilenet_v2", "host", backend="ncnn", output_dir=out)
+    assert r.bundle.manifest.verification["status"] == "passed"
+    kinds = layers(out)
+    # Padding and the depthwise batch norms (tf2onnx's Mul/Add on constants) folded into the convolutions:
+    # what is left of BinaryOp is the 10 residual additions.
+    assert "Pad" not in kinds and "MemoryData" not in kinds and kinds.count("BinaryOp") == 10
+    assert kinds.count("ConvolutionDepthWise") == 17
