@@ -185,7 +185,9 @@ def quantize(pre_path: Path, calib: CalibrationData, work: Path, per_channel: bo
                     calibration_cache_path=str(cache),
                     # Symmetric int8 weights (zero point 0) are what the int8 kernels of onnxruntime's MLAS
                     # (and TFLite) expect; activations keep a zero point, so a ReLU output uses all 256 steps.
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False,
+                                   **({"CalibStridedMinMax": calib.calibration_stride()} if method == "minmax"
+                                      else {})})
     return out
 
 
