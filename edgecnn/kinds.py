@@ -43,6 +43,11 @@ class Backend(Kind):
     NCNN = "ncnn"
 
 
+# Backends whose artifact is the same bytes on every machine (a .tflite, .onnx, ncnn .param/.bin): it can be run
+# on the PC for accuracy and fidelity exactly as the board runs it. TVM libraries are built per machine.
+PORTABLE_BACKENDS = frozenset({"tflite", "onnx", "ncnn"})
+
+
 class Precision(Kind):
     FP32 = "fp32"
     FP16 = "fp16"

@@ -62,4 +62,6 @@ def runs_here(bundle) -> bool:
     """True when this machine can run the bundle's bytes: portable files, or a library built for this machine."""
     from edgecnn.targets import host_arch
 
-    return bundle.manifest.backend in ("tflite", "onnx") or bundle.manifest.arch == host_arch()
+    from edgecnn.kinds import PORTABLE_BACKENDS
+
+    return bundle.manifest.backend in PORTABLE_BACKENDS or bundle.manifest.arch == host_arch()

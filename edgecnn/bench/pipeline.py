@@ -409,7 +409,9 @@ def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str | Non
     from edgecnn.targets import host_target
 
     # Accuracy: the identical artifact natively where it is portable; else a host build of the same source.
-    portable = bundle.manifest.backend in ("tflite", "onnx")
+    from edgecnn.kinds import PORTABLE_BACKENDS
+
+    portable = bundle.manifest.backend in PORTABLE_BACKENDS
     reference = bundle if portable else _compile(source, variant, host_target(), plan, log)
     log(f"{variant.model} {variant.backend} {variant.precision}: accuracy on this machine "
         f"({'same artifact' if portable else 'host build of the same model'})")

@@ -10,9 +10,11 @@ bound graph is simplified with onnxslim, which folds the Mul/Add tf2onnx leaves
 after each depthwise convolution (its batch norm) and the padding into the
 convolutions. pnnx is run as a program (the binary its wheel ships; its Python
 wrapper imports torch). fp32 bundles store fp32 weights and turn ncnn's fp16
-options off; fp16 bundles store fp16 weights, keep activations in fp16 (ncnn's
-fp16 storage, which every aarch64 core converts in hardware) and compute in fp16
-only where the target's core has fp16 arithmetic (the a76; not the a72 or a53).
+options off. fp16 bundles store fp16 weights and allow fp16 storage and, where
+the target's core has fp16 arithmetic (the a76; not the a72 or a53), fp16
+arithmetic. ncnn's fp16 kernels for ARM need ARMv8.2 fp16: on an a72 or a53 an
+fp16 bundle runs as fp32 from its half-size .bin (under qemu with ncnn
+1.0.20261020 its instruction count is the fp32 bundle's).
 
 int8 is refused: ncnn's own quantisation is two programs (ncnn2table writes a
 calibration table, ncnn2int8 rewrites the weights) that neither the ncnn nor the
@@ -39,7 +41,8 @@ from edgecnn.kinds import Backend, Precision
 
 FILES = {"param": "model.ncnn.param", "bin": "model.ncnn.bin"}
 INPUT_BLOB = "in0"  # pnnx names the blobs in0.., out0.. in the order of the ONNX graph's inputs and outputs
-INSTALL_PNNX = "bash tools/setup.sh installs it (pip install --no-deps pnnx: its wheel requires torch, the binary does not)"
+INSTALL_PNNX = ("bash tools/setup.sh installs it (pip install --no-deps pnnx: its wheel requires torch, "
+                "the binary does not)")
 PNNX_TIMEOUT_S = 900
 PNNX_MAX_IR = 13  # pnnx 20261020 embeds onnxruntime 1.30
 
@@ -108,7 +111,8 @@ def _onnx_for_pnnx(job: Job, work: Path) -> tuple[Path, str, list[int]]:
     if src.kind == "tflite":
         from edgecnn.frameworks.convert import tflite_to_onnx
 
-        # tf2onnx's TFLite reader has no channels-first option; pnnx turns the input Transpose into a Permute.
+        # frameworks.convert's checked conversion keeps TFLite's NHWC input (from_tflite's inputs_as_nchw is not
+        # passed through); pnnx turns the input Transpose into a Permute layer, and ncnn runs it.
         job.log(f"ncnn: converting {src.name} from TFLite with tf2onnx")
         exported, layout, shape = tflite_to_onnx(src.path, work / "from-tflite.onnx"), "NHWC", [n, h, w, c]
     else:

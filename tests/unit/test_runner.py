@@ -228,7 +228,7 @@ def _broken(bundles, tmp_path, what: str) -> Path:
 @pytest.mark.parametrize("what, message", [
     ("no-manifest", r"is not a bundle: no manifest.json \(make one with `edgecnn compile`\)"),
     ("bad-json", r"manifest.json: not valid JSON"),
-    ("bad-field", r"manifest: backend must be one of tflite, onnx, tvm, got 'caffe'"),
+    ("bad-field", r"manifest: backend must be one of tflite, onnx, tvm, ncnn, got 'caffe'"),
     ("bad-tensor", r"manifest: inputs\[0\] must be an object, got string \"image\""),
     ("bad-shape", r"manifest: outputs\[0\].shape must be a list of integers"),
     ("bad-file-name", r"manifest: files.model must be a string, got number 7"),

@@ -70,11 +70,11 @@ def test_user_file_by_path(tmp_path):
     (lambda s: s.replace("cores = 4\n", 'cores = "four"\n', 1), "key 'cores' must be an integer"),
     (lambda s: s.replace("cores = 4\n", "cores = true\n", 1), "key 'cores' must be an integer"),
     (lambda s: s.replace('cpu = "cortex-a72"\n', "", 1), "missing required key 'cpu'"),
-    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm"]', 'backends = ["tflite", "coreml"]'), "unknown backend 'coreml'"),
-    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm"]', 'runtimes = ["coreml"]'), "unknown backend 'coreml' in 'runtimes'"),
-    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm"]', "backends = []"), "'backends' must name at least one"),
-    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm"]\n', ""), "missing required key 'backends'"),
-    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm"]', 'backends = ["tflite"]\nruntimes = ["tflite"]'),
+    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm", "ncnn"]', 'backends = ["tflite", "coreml"]'), "unknown backend 'coreml'"),
+    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm", "ncnn"]', 'runtimes = ["coreml"]'), "unknown backend 'coreml' in 'runtimes'"),
+    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm", "ncnn"]', "backends = []"), "'backends' must name at least one"),
+    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm", "ncnn"]\n', ""), "missing required key 'backends'"),
+    (lambda s: s.replace('backends = ["tflite", "onnx", "tvm", "ncnn"]', 'backends = ["tflite"]\nruntimes = ["tflite"]'),
      "give 'backends' only"),
     (lambda s: s.replace('mcpu = "cortex-a72"', "mcpu = 72"), r"\[tvm\]: key 'mcpu' must be a string"),
     (lambda s: s.replace('mattr = ["+neon"]', 'mattr = "+neon"'), r"\[tvm\]: key 'mattr' must be a list of strings"),
@@ -120,7 +120,7 @@ def test_missing_file():
 
 def test_backends_key_and_its_old_name_load_alike(tmp_path):
     new = tmp_path / "new.toml"
-    new.write_text(A72.replace('name = "a72"', 'name = "new"').replace('backends = ["tflite", "onnx", "tvm"]',
+    new.write_text(A72.replace('name = "a72"', 'name = "new"').replace('backends = ["tflite", "onnx", "tvm", "ncnn"]',
                                                                      'backends = ["onnx", "tflite"]'))
     old = tmp_path / "old.toml"
     old.write_text(new.read_text().replace("backends = [", "runtimes = [").replace('name = "new"', 'name = "old"'))
