@@ -217,6 +217,22 @@ def fused_warning(qdq_path: Path, types: QuantTypes, work: Path) -> str | None:
 _INT8_QDQ_FUSED = {Arch.AARCH64.value: True, Arch.X86_64.value: False}
 
 
+SENSITIVITY_BYTES = 3 * 2**30  # memory the sensitivity pass may hold in activations
+
+
+def activation_bytes(path: Path) -> int:
+    """Bytes of one image's intermediate float tensors (statically shaped ones), from ONNX shape inference."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    total = 0
+    for info in model.graph.value_info:
+        dims = [d.dim_value for d in info.type.tensor_type.shape.dim]
+        if dims and all(d > 0 for d in dims):
+            total += 4 * int(np.prod(dims))
+    return total
+
+
 def layer_sensitivity(pre_path: Path, qdq_path: Path, calib: CalibrationData, work: Path,
                       samples: int = 32) -> dict[str, float]:
     """Per node: SNR (dB) of its output before vs after its own QuantizeLinear/DequantizeLinear pair.
@@ -224,9 +240,23 @@ def layer_sensitivity(pre_path: Path, qdq_path: Path, calib: CalibrationData, wo
     That is the error quantizing this tensor alone adds. Keys are node names of
     the pre-processed float model, which quantize(float_layers=...) accepts.
     """
+    import warnings
+
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
+    from edgecnn.errors import EdgecnnWarning
+
+    # onnxruntime's debugger holds every intermediate tensor of both models for every sample: bound the
+    # samples by memory (a 736x736 text detector's 32 samples took all 23 GB of this machine).
+    per_image = 3 * activation_bytes(pre_path)  # the float model's tensors, and about twice that for the QDQ one
+    fits = int(SENSITIVITY_BYTES // per_image) if per_image else samples
+    if fits < 1:
+        warnings.warn(f"per-layer sensitivity not measured: one image's activations take "
+                      f"{per_image / 2**30:.1f} GB in onnxruntime's QDQ debugger (limit "
+                      f"{SENSITIVITY_BYTES / 2**30:.0f} GB); --fallback has no ranking to work from", EdgecnnWarning)
+        return {}
+    samples = min(samples, fits)
     subset = CalibrationData(calib.name, calib.input_name, calib.images[:samples], calib.paths[:samples],
                              calib.layout)
     acts = []
