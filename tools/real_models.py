@@ -69,7 +69,7 @@ class Step:
         return args + ["--format", "json"]
 
 
-BACKENDS = ("tflite", "onnx", "tvm")
+BACKENDS = ("tflite", "onnx", "tvm", "ncnn")
 STEPS: tuple[Step, ...] = (
     *(Step("compile", "host", b) for b in BACKENDS), *(Step("compile", "a72", b) for b in BACKENDS),
     Step("quantize"), Step("bench", "host"), Step("bench", "a72"))
@@ -182,8 +182,10 @@ def figure(step: Step, data: dict) -> str:
         acc = data.get("accuracy") or {}
         snr = [o.get("snr_db") for o in data.get("outputs") or [] if isinstance(o.get("snr_db"), (int, float))]
         parts = [f"int8 {_get(data, 'size_bytes', 'ratio', default='?')}x size"]
-        if acc.get("metric") and acc.get("fp32") is not None:
-            parts.append(f"{acc['metric']} {acc['fp32']} -> {acc.get('int8')}")
+        metric = acc.get("metric")
+        fp32, int8 = acc.get("fp32") or {}, acc.get("int8") or {}
+        if metric and isinstance(fp32.get(metric), (int, float)) and isinstance(int8.get(metric), (int, float)):
+            parts.append(f"{metric} {fp32[metric]:.3f} -> {int8[metric]:.3f}")
         if snr:
             parts.append(f"SNR {min(snr):.1f} dB")
         return ", ".join(parts)

@@ -79,7 +79,7 @@ def time_interleaved(bundles: list[str | Path], *, runs: int, warmup: int, round
         middle = float(np.median(medians))
         results.append({
             "latency_ms": stats, "fps": fps(stats["p50"]), "fps_mean": fps(stats["mean"]),
-            "round_p50_ms": [round(m, 4) for m in medians],
+            "round_p50_ms": [round(m, 6) for m in medians],
             "round_spread": round((max(medians) - min(medians)) / middle, 4) if middle > 0 else None,
             "runs": len(flat), "rounds": len(medians), "clock": "cpu" if cpu_time else "wall",
             "threads": session.threads,

@@ -127,7 +127,7 @@ CASES = [
     ("compile-unknown-target", "compile {model} --target pi9 -o {out}", 1, "unknown target 'pi9'"),
     ("compile-target-not-utf8", "compile {model} --target {t}/latin1.toml -o {out}", 1, "latin1.toml"),
     ("compile-target-bad-tvm", "compile {model} --target {t}/badtvm.toml -o {out}", 1, "num-cores"),
-    ("compile-bad-backend", "compile {model} --target host --backend ncnn -o {out}", 2, "--backend"),
+    ("compile-bad-backend", "compile {model} --target host --backend coreml -o {out}", 2, "--backend"),
     ("compile-bad-precision", "compile {model} --target host --precision int4 -o {out}", 2, "--precision"),
     ("compile-tvm-int8", "compile {model} --target a72 --backend tvm --precision int8 -o {out}", 1, "no int8"),
     ("compile-onnx-fp16", "compile {model} --target host --backend onnx --precision fp16 -o {out}", 1,
@@ -148,7 +148,7 @@ CASES = [
     # bench
     ("bench-unknown-target", "bench --target pi9", 1, "unknown target 'pi9'"),
     ("bench-bad-precision", "bench --target host --precision fp32,int4", 2, "int4"),
-    ("bench-bad-backend", "bench --target host --backend tflite,ncnn", 2, "ncnn"),
+    ("bench-bad-backend", "bench --target host --backend tflite,coreml", 2, "coreml"),
     ("bench-limit-zero", "bench --target host --limit 0", 2, "--limit"),
     ("bench-runs-zero", "bench --target host --runs 0", 2, "--runs"),
     ("bench-device-and-emulate", "bench --target a72 --device pi@board --emulate", 1, "exclude each other"),
