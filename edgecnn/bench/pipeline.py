@@ -33,6 +33,7 @@ DEMO_CALIBRATION = {"detection": "demo-detection", "classification": "demo-class
 EMULATED_SAMPLE = 3
 # Float outputs of the same artifact on x86 and aarch64 differ only by kernel choice (FMA, blocking).
 EMULATED_ATOL = {"fp32": 1e-3, "fp16": 1e-2, "int8": None}  # int8: by quantization steps, see _outputs_match
+INT8_FLOAT_OUTPUT_ATOL = 0.05  # relative to max(1, |reference|): a wrong build is off by far more
 
 
 @dataclass(frozen=True)
@@ -455,8 +456,12 @@ def _outputs_match(host: list, guest: list, manifest) -> float:
             diff, scale = fig.max_abs_diff, fig.scale
             worst = max(worst, diff)
             atol = EMULATED_ATOL.get(manifest.precision)
-            if atol is None:  # int8: allow one quantization step of the output
-                atol = (spec.scale or 0.0) * 1.01 + 1e-6
+            if atol is None and spec.scale:  # int8 output: allow one quantization step of it
+                atol = spec.scale * 1.01 + 1e-6
+            elif atol is None:
+                # int8 inside, float output (ONNX QDQ): x86's onnxruntime and the ARM one fuse different ops
+                # into int8 kernels, so their roundings differ by a few steps of inner layers.
+                atol = INT8_FLOAT_OUTPUT_ATOL
             if diff > atol * scale:
                 raise ModelError(f"{manifest.name} ({manifest.backend} {manifest.precision}) on "
                                  f"{manifest.target}: emulated outputs differ from the host run by {diff:.3g} "

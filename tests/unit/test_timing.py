@@ -92,3 +92,21 @@ def test_end_to_end_stages_are_timed_beside_the_invoke(bundles, tmp_path):
     assert all(v >= 0 for v in e2e["mean_ms"].values()) and e2e["mean_ms"]["decode"] > 0
     assert e2e["total_ms"] == pytest.approx(sum(e2e["mean_ms"].values()), abs=1e-3)
     assert e2e["total_ms"] > e2e["mean_ms"]["invoke"] and e2e["fps"] == pytest.approx(1000 / e2e["total_ms"], rel=1e-3)
+
+
+def test_emulated_check_of_an_int8_model_with_float_outputs_allows_kernel_rounding():
+    """ONNX QDQ int8 has float outputs: x86 and ARM onnxruntime round inner layers differently (the demo
+    MobileNetV2 differed by 0.0196); a wrong aarch64 build is off by far more and still fails."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from edgecnn.bench.pipeline import _outputs_match
+    from edgecnn.errors import ModelError
+
+    manifest = SimpleNamespace(precision="int8", outputs=[SimpleNamespace(scale=None)], name="m", backend="onnx",
+                               target="a72")
+    host = [[np.array([0.1, 0.7, 0.2], np.float32)]]
+    assert _outputs_match(host, [[np.array([0.1, 0.7196, 0.1804], np.float32)]], manifest) == pytest.approx(0.0196)
+    with pytest.raises(ModelError, match="computes something else"):
+        _outputs_match(host, [[np.array([0.7, 0.1, 0.2], np.float32)]], manifest)
