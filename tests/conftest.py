@@ -25,3 +25,12 @@ def sshd(tmp_path_factory):
     """A running sshd on 127.0.0.1 that lets the current user in with a fresh key (see fixtures.sshd.start)."""
     with _sshd.start(tmp_path_factory.mktemp("sshd")) as server:
         yield server
+
+
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch):
+    """A cache of the test's own (tmp_path/cache): no bundle from another test, and no emulator, so aarch64
+    TVM checks are skipped; TensorFlow's C++ log quiet. Modules use it with
+    `pytestmark = pytest.mark.usefixtures("private_cache")`."""
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")

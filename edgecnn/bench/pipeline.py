@@ -23,7 +23,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from edgecnn.errors import DataError, EdgecnnError, ModelError, TargetError, ToolError
+from edgecnn.errors import DataError, EdgecnnError, ModelError, TargetError
 from edgecnn.kinds import BenchMode as Mode, Precision
 from edgecnn.targets import Target, get_target, host_arch
 
@@ -371,26 +371,15 @@ def run_native(bundle: Path, *, data: str | None, limit: int | None, runs: int, 
                threads: int | None, timeout: float = 3600) -> dict[str, Any]:
     """The runner in a fresh process, as on the board: its load time, memory and thread pool are its own,
     not those of this process (which holds TensorFlow)."""
-    import json
-    import subprocess
     import sys
+
+    from edgecnn.bench.timing import run_json
 
     cmd = [sys.executable, "-m", "edgecnn.runner", str(bundle), "--runs", str(runs), "--warmup", str(warmup)]
     for flag, value in (("--data", data), ("--limit", limit), ("--threads", threads)):
         if value is not None:
             cmd += [flag, str(value)]
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ToolError(f"the runner did not finish within {timeout:.0f} s on {bundle}") from None
-    if done.returncode != 0:
-        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("Error: ")]
-        message = errors[-1][len("Error: "):] if errors else (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise (DataError if done.returncode == 1 else ToolError)(f"runner: {message}")
-    try:
-        return json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise ToolError(f"the runner printed no JSON result: {done.stdout.strip()[-200:]!r}") from None
+    return run_json(cmd, "runner", timeout)
 
 
 _MEASURED_KEYS = ("latency_ms", "fps", "load_ms", "first_inference_ms", "peak_rss_mb", "threads", "images",

@@ -42,6 +42,23 @@ def load_average() -> float | None:
         return None
 
 
+def run_json(cmd: list[str], what: str, timeout: float) -> Any:
+    """Run a runner-side command in a fresh process and return the JSON of its last stdout line; its `Error:`
+    line becomes a DataError (exit 1: bad input) or ToolError (anything else) named after `what`."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise ToolError(f"{what} did not finish within {timeout:.0f} s") from None
+    if done.returncode != 0:
+        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("Error: ")]
+        message = errors[-1][len("Error: "):] if errors else (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise (DataError if done.returncode == 1 else ToolError)(f"{what}: {message}")
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        raise ToolError(f"{what} printed no JSON result: {done.stdout.strip()[-200:]!r}") from None
+
+
 def time_side_by_side(rows: list[dict], *, runs: int, warmup: int, threads: int | None, cpu_time: bool = False,
                       rounds: int = 5, timeout: float = 3600) -> list[str]:
     """Replace each row's latency figures with interleaved ones (in place); the notes the run deserves."""
@@ -54,18 +71,7 @@ def time_side_by_side(rows: list[dict], *, runs: int, warmup: int, threads: int 
         cmd += ["--threads", str(threads)]
     if cpu_time:
         cmd.append("--cpu-time")
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise ToolError(f"the interleaved timing did not finish within {timeout:.0f} s") from None
-    if done.returncode != 0:
-        errors = [ln for ln in done.stderr.splitlines() if ln.startswith("Error: ")]
-        message = errors[-1][len("Error: "):] if errors else (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise (DataError if done.returncode == 1 else ToolError)(f"interleaved timing: {message}")
-    try:
-        timed = json.loads(done.stdout.strip().splitlines()[-1])
-    except (IndexError, ValueError):
-        raise ToolError(f"the interleaved timing printed no JSON: {done.stdout.strip()[-200:]!r}") from None
+    timed = run_json(cmd, "interleaved timing", timeout)
     after = load_average()
     for row, t in zip(rows, timed, strict=True):
         row.update(latency_ms=t["latency_ms"], fps=t["fps"], fps_mean=t["fps_mean"], threads=t["threads"])

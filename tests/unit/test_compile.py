@@ -15,11 +15,7 @@ from edgecnn.errors import DataError, EdgecnnError, ModelError, TargetError, Too
 from fixtures import model_files as F
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    # A private cache: no bundle from another test, and no emulator (TVM aarch64 checks are skipped here).
-    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -22,10 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GPU_PC = ROOT / "tools" / "gpu_check" / "x86-h100.toml"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

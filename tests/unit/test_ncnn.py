@@ -18,10 +18,7 @@ from fixtures import model_files as F
 PARAM, BIN = "model.ncnn.param", "model.ncnn.bin"
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

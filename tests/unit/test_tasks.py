@@ -35,9 +35,7 @@ def _onnx(path: Path, out_shape: list, sidecar: dict | None = None, props: dict 
     return path
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("private_cache")  # tests/conftest.py
 
 
 def test_one_score_vector_is_a_classifier_anything_else_is_generic(tmp_path):
