@@ -1,7 +1,8 @@
-"""A model file's data contract from command-line options and the file's own metadata.
+"""A model file's data contract: command-line options, its sidecar, the file's own metadata, and the
+task and head decided from them (task_and_head).
 
-The sidecar (`<file name without its last suffix>.json`, README "Your own model files") is the file
-form of the contract; the options here write the same record, so a user can compile an export
+The sidecar (`<file name without its last suffix>.json`, README "Your own model files"; read_sidecar) is
+the file form of the contract; the options here write the same record, so a user can compile an export
 without writing JSON:
 
     --input-size 224x224 --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --bgr --layout NCHW
@@ -11,7 +12,8 @@ Precedence, highest first: options, sidecar, metadata stored in the model file (
 metadata_props as Ultralytics writes them: imgsz, names, task; a detect task means the anchor-free head;
 TFLite metadata: the input's normalisation and an output's labels). `--mean`/`--std` are in the 0..1 units
 of torchvision and PaddleOCR (x = (pixel / 255 - mean) / std); `--scale`/`--offset` are the raw
-form (x = pixel * scale + offset). Standard library only.
+form (x = pixel * scale + offset). Standard library at import; onnx, tflite and the heads' checks are
+imported where they are used.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgecnn.errors import DataError
+from edgecnn.errors import DataError, ModelError
+from edgecnn.kinds import Task
 
+SIDECAR_HELP = ('{"preprocessing": {"size": [H, W], "scale": s, "offset": o}, '
+                '"task": "classification"|"detection"|"generic", "classes": [...], "head": {"type": "yolo"}}')
 OPTION_KEYS = ("input_size", "mean", "std", "scale", "offset", "bgr", "layout", "classes", "task", "resize", "head")
 # Ultralytics' metadata task -> edgecnn's; its segment/pose/obb outputs extend the detect format and are
 # timed and compared as generic models rather than scored with a wrong decode.
@@ -271,3 +276,124 @@ def merge(*records: dict) -> dict:
             else:
                 out[key] = value
     return out
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in shape) + ")"
+
+
+def task_and_head(meta: dict, outputs: list, path: Path, side: Path, notes: list[str],
+                   head_option: bool = False) -> tuple[str, dict | None]:
+    """The task a model file is scored by, and its detector head: as the user or the file's metadata says.
+
+    Never guessed from output shapes beyond one safe case: a model with one [N, C] output and no task
+    given is a classifier. Anything else without a declared task is generic (timed and compared with the
+    source model, never scored), with a note saying how to declare it.
+    """
+    from edgecnn.runner.heads import head_spec
+
+    head = meta.get("head")
+    word = meta.get("task")
+    if word:
+        try:
+            task = Task.parse(word, "task")
+        except ValueError as e:
+            raise ModelError(f"{path.name}: {e} (--task, or task in {side.name})") from None
+    elif head:
+        task = Task.DETECTION
+    elif len(outputs) == 1 and len(outputs[0]) == 2:
+        task = Task.CLASSIFICATION
+    else:
+        task = Task.GENERIC
+        shapes = ", ".join(_shape_text(tuple(o)) for o in outputs)
+        notes.append(f"{path.name}: no task given and its outputs ({shapes}) are not one class-score vector: "
+                     "benched as generic (latency, and fidelity to the source model; no accuracy). A detector "
+                     "needs --head (README, 'Detection heads'); a classifier --task classification")
+    if task == Task.DETECTION:
+        if not head:
+            raise ModelError(f"{path.name}: a detector needs its head to decode its outputs: pass --head (yolo, "
+                             f"yolov5, ssd:FILE.json, ...) or write head in {side.name} (README, 'Detection heads')")
+        head = head_spec(head, f"{path.name} head")
+    elif head and head_option:
+        raise ModelError(f"{path.name}: --head is given but the task is {task.value}; heads decode detectors")
+    elif head:  # the sidecar's or metadata's head, overridden by --task: not used
+        notes.append(f"{path.name}: task {task.value} (--task): the head in {side.name} or the metadata is not used")
+        head = None
+    if task == Task.CLASSIFICATION:
+        _check_class_count(meta.get("classes"), outputs, path)
+    return task.value, head
+
+
+def _check_class_count(classes, outputs: list, path: Path) -> None:
+    """ModelError when a classifier's output is not one score vector, or its width and the class names
+    disagree (never scored). Free dims leave it to the runner, which checks the scores it gets."""
+    if len(outputs) != 1:
+        raise ModelError(f"{path.name}: a classifier has one output (class scores); this model has "
+                         f"{len(outputs)}: pass --task generic, or --head for a detector")
+    dims = tuple(outputs[0])[1:]
+    if not dims or not all(isinstance(d, int) and d > 0 for d in dims):
+        return
+    wide = [d for d in dims if d != 1]
+    if len(wide) > 1:
+        raise ModelError(f"{path.name}: a classifier's output is [N, C] class scores, this one is "
+                         f"{_shape_text(tuple(outputs[0]))}: pass --task generic, or --head for a detector")
+    width = wide[0] if wide else 1
+    if classes and width != len(classes):
+        raise ModelError(f"{path.name}: the model scores {width} classes but {len(classes)} class names are "
+                         "given: the names must list every output class in order")
+
+
+def static_size(shape: tuple, layout: str) -> list[int] | None:
+    """[H, W] of a 4-D image input whose spatial dims are fixed, else None."""
+    if len(shape) != 4:
+        return None
+    h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+    return [h, w] if all(isinstance(d, int) and d > 0 for d in (h, w)) else None
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where a model file's data contract lives: the file name without its last suffix, plus .json."""
+    return path.with_suffix(".json")
+
+
+def read_sidecar(path: Path) -> dict:
+    """The sidecar of a model file as a dict ({} when there is none); ModelError when it is unreadable."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return {}
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelError(f"cannot read {side}: {e}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{side} must hold a JSON object like {SIDECAR_HELP}")
+    _check_sidecar(data, side)
+    return data
+
+
+# Sidecar fields edgecnn reads -> allowed JSON types (others, e.g. a derived model's report, pass through).
+_SIDECAR_TYPES: dict[str, tuple[type, ...]] = {
+    "preprocessing": (dict,), "task": (str,), "classes": (list, type(None)), "head": (dict, type(None)),
+    "demo": (bool,), "model": (str,), "layout": (str,),
+}
+_TYPE_WORDS = {dict: "an object", str: "a string", list: "a list", bool: "true or false", type(None): "null"}
+
+
+def _check_sidecar(data: dict, side: Path) -> None:
+    """ModelError naming the sidecar and the field whose JSON type is wrong (never guessed or coerced)."""
+    for key, types in _SIDECAR_TYPES.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            words = " or ".join(_TYPE_WORDS[t] for t in types)
+            raise ModelError(f"{side}: {key} must be {words}, got {json.dumps(value)[:60]}")
+    if not all(isinstance(c, str) for c in data.get("classes") or ()):
+        raise ModelError(f"{side}: classes must be a list of strings, got {json.dumps(data['classes'])[:60]}")
+    anchors = (data.get("head") or {}).get("anchors")
+    if anchors is not None and not (isinstance(anchors, list) and all(
+            isinstance(a, list) and len(a) == 2 and all(_is_number(x) and x > 0 for x in a) for a in anchors)):
+        raise ModelError(f"{side}: head.anchors must be a list of [w, h] pairs of positive numbers, "
+                         f"got {json.dumps(anchors)[:60]}")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
