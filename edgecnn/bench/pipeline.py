@@ -21,19 +21,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
-from edgecnn.errors import DataError, EdgecnnError, ModelError, TargetError
+from edgecnn.errors import DataError, EdgecnnError, TargetError
 from edgecnn.kinds import BenchMode as Mode, Precision
 from edgecnn.targets import Target, get_target, host_arch
 
 DEMO_MODELS = ("yolo_lite", "mobilenet_v2", "mobilenet_v1")
 DEMO_CALIBRATION = {"detection": "demo-detection", "classification": "demo-classification"}
-# Emulated runs check this many images (qemu is 250-450x slower than the board).
-EMULATED_SAMPLE = 3
-# Float outputs of the same artifact on x86 and aarch64 differ only by kernel choice (FMA, blocking).
-EMULATED_ATOL = {"fp32": 1e-3, "fp16": 1e-2, "int8": None}  # int8: by quantization steps, see _outputs_match
-INT8_FLOAT_OUTPUT_ATOL = 0.05  # relative to max(1, |reference|): a wrong build is off by far more
 
 
 @dataclass(frozen=True)
@@ -394,68 +387,16 @@ def _measured(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str | None, log) -> dict[str, Any]:
-    from edgecnn.emulate.bundle import run_bundle_emulated
-    from edgecnn.runner.run import run_bundle
-    from edgecnn.targets import host_target
-
-    # Accuracy: the identical artifact natively where it is portable; else a host build of the same source.
+    """The emulated row (edgecnn.bench.emulated); accuracy from the identical artifact natively where it is
+    portable, else from a host build of the same source."""
+    from edgecnn.bench.emulated import run_emulated
     from edgecnn.kinds import PORTABLE_BACKENDS
+    from edgecnn.targets import host_target
 
     portable = bundle.manifest.backend in PORTABLE_BACKENDS
     reference = bundle if portable else _compile(source, variant, host_target(), plan, log)
-    log(f"{variant.model} {variant.backend} {variant.precision}: accuracy on this machine "
-        f"({'same artifact' if portable else 'host build of the same model'})")
-    native = run_bundle(reference, data=data, limit=plan.limit, runs=1, warmup=0, threads=plan.threads)
-    from edgecnn.bench.fidelity import fidelity, inputs_for
-
-    sample = inputs_for(bundle, data, min(EMULATED_SAMPLE, plan.limit or EMULATED_SAMPLE))[1]
-    log(f"{variant.model} {variant.backend} {variant.precision}: {len(sample)} image(s) under qemu "
-        f"-cpu {plan.target.qemu_cpu}")
-    emu = run_bundle_emulated(bundle, sample, plan.target)
-    from edgecnn.runner.sessions import open_session
-
-    session = open_session(reference, threads=1)
-    host_outputs = [session(x) for x in sample]
-    worst = _outputs_match(host_outputs, emu.outputs, bundle.manifest)
-    counts = list(emu.instructions)
-    instructions = int(round(float(np.median(counts))))
-    cost = plan.target.cost
-    return {
-        "latency_ms": None, "fps": None, "load_ms": None, "first_inference_ms": None, "peak_rss_mb": None,
-        "threads": 1, "images": native.get("images"), "accuracy": native.get("accuracy"),
-        "inputs": native.get("inputs"), "predictions": native.get("predictions"),
-        "fidelity": fidelity(reference, source, data, "same artifact" if portable else "host build"),
-        "emulated_instructions": instructions,
-        # Labelled as predicted: a one-point linear model (targets/<name>.toml [cost]), not a measurement.
-        "predicted_latency_ms": round(instructions * cost.ns_per_instruction / 1e6, 3) if cost else None,
-        "emulated_check": {"images": len(sample), "max_abs_diff": worst, "qemu_cpu": plan.target.qemu_cpu,
-                           "accuracy_from": "same artifact, native" if portable else "host build, native"},
-    }
-
-
-def _outputs_match(host: list, guest: list, manifest) -> float:
-    """Largest |host - guest| over the sample; raises when past tolerance (the ARM build is wrong)."""
-    from edgecnn.runner.metrics import output_agreement
-
-    worst = 0.0
-    for h_out, g_out in zip(host, guest):
-        for spec, h, g in zip(manifest.outputs, h_out, g_out):
-            # One image at a time: each output is judged against its own magnitude.
-            fig = output_agreement(np.asarray(h)[None], np.asarray(g)[None])
-            diff, scale = fig.max_abs_diff, fig.scale
-            worst = max(worst, diff)
-            atol = EMULATED_ATOL.get(manifest.precision)
-            if atol is None and spec.scale:  # int8 output: allow one quantization step of it
-                atol = spec.scale * 1.01 + 1e-6
-            elif atol is None:
-                # int8 inside, float output (ONNX QDQ): x86's onnxruntime and the ARM one fuse different ops
-                # into int8 kernels, so their roundings differ by a few steps of inner layers.
-                atol = INT8_FLOAT_OUTPUT_ATOL
-            if diff > atol * scale:
-                raise ModelError(f"{manifest.name} ({manifest.backend} {manifest.precision}) on "
-                                 f"{manifest.target}: emulated outputs differ from the host run by {diff:.3g} "
-                                 f"(tolerance {atol * scale:.3g}); the aarch64 build computes something else")
-    return worst
+    label = f"{variant.model} {variant.backend} {variant.precision}"
+    return run_emulated(bundle, reference, portable, source, plan.target, data, plan.limit, plan.threads, label, log)
 
 
 def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,

@@ -101,7 +101,7 @@ def test_emulated_check_of_an_int8_model_with_float_outputs_allows_kernel_roundi
 
     import numpy as np
 
-    from edgecnn.bench.pipeline import _outputs_match
+    from edgecnn.bench.emulated import outputs_match as _outputs_match
     from edgecnn.errors import ModelError
 
     manifest = SimpleNamespace(precision="int8", outputs=[SimpleNamespace(scale=None)], name="m", backend="onnx",

@@ -1,0 +1,76 @@
+"""Emulated bench rows: the aarch64 bundle under qemu with the target's core, checked against the same inputs
+run on this machine, with its guest instruction count as the performance figure.
+
+latency_ms and fps are null: wall-clock under qemu says nothing about the board. Accuracy on the whole split
+comes from `reference` run natively: the identical artifact where it is portable, else a host build of the
+same source (the caller decides which; edgecnn.bench.pipeline).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from edgecnn.errors import ModelError
+
+# Emulated runs check this many images (qemu is 250-450x slower than the board).
+EMULATED_SAMPLE = 3
+# Float outputs of the same artifact on x86 and aarch64 differ only by kernel choice (FMA, blocking).
+EMULATED_ATOL = {"fp32": 1e-3, "fp16": 1e-2, "int8": None}  # int8: by quantization steps, see outputs_match
+INT8_FLOAT_OUTPUT_ATOL = 0.05  # relative to max(1, |reference|): a wrong build is off by far more
+
+
+def run_emulated(bundle, reference, portable: bool, source, target, data: str | None, limit: int | None,
+                 threads: int | None, label: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The row's measured fields for `bundle` on `target` under qemu; `reference` runs here for accuracy."""
+    from edgecnn.bench.fidelity import fidelity, inputs_for
+    from edgecnn.emulate.bundle import run_bundle_emulated
+    from edgecnn.runner.run import run_bundle
+    from edgecnn.runner.sessions import open_session
+
+    log(f"{label}: accuracy on this machine ({'same artifact' if portable else 'host build of the same model'})")
+    native = run_bundle(reference, data=data, limit=limit, runs=1, warmup=0, threads=threads)
+    sample = inputs_for(bundle, data, min(EMULATED_SAMPLE, limit or EMULATED_SAMPLE))[1]
+    log(f"{label}: {len(sample)} image(s) under qemu -cpu {target.qemu_cpu}")
+    emu = run_bundle_emulated(bundle, sample, target)
+    session = open_session(reference, threads=1)
+    worst = outputs_match([session(x) for x in sample], emu.outputs, bundle.manifest)
+    instructions = int(round(float(np.median(list(emu.instructions)))))
+    cost = target.cost
+    return {
+        "latency_ms": None, "fps": None, "load_ms": None, "first_inference_ms": None, "peak_rss_mb": None,
+        "threads": 1, "images": native.get("images"), "accuracy": native.get("accuracy"),
+        "inputs": native.get("inputs"), "predictions": native.get("predictions"),
+        "fidelity": fidelity(reference, source, data, "same artifact" if portable else "host build"),
+        "emulated_instructions": instructions,
+        # Labelled as predicted: a one-point linear model (targets/<name>.toml [cost]), not a measurement.
+        "predicted_latency_ms": round(instructions * cost.ns_per_instruction / 1e6, 3) if cost else None,
+        "emulated_check": {"images": len(sample), "max_abs_diff": worst, "qemu_cpu": target.qemu_cpu,
+                           "accuracy_from": "same artifact, native" if portable else "host build, native"},
+    }
+
+
+def outputs_match(host: list, guest: list, manifest) -> float:
+    """Largest |host - guest| over the sample; raises when past tolerance (the ARM build is wrong)."""
+    from edgecnn.runner.metrics import output_agreement
+
+    worst = 0.0
+    for h_out, g_out in zip(host, guest):
+        for spec, h, g in zip(manifest.outputs, h_out, g_out):
+            # One image at a time: each output is judged against its own magnitude.
+            fig = output_agreement(np.asarray(h)[None], np.asarray(g)[None])
+            diff, scale = fig.max_abs_diff, fig.scale
+            worst = max(worst, diff)
+            atol = EMULATED_ATOL.get(manifest.precision)
+            if atol is None and spec.scale:  # int8 output: allow one quantization step of it
+                atol = spec.scale * 1.01 + 1e-6
+            elif atol is None:
+                # int8 inside, float output (ONNX QDQ): x86's onnxruntime and the ARM one fuse different ops
+                # into int8 kernels, so their roundings differ by a few steps of inner layers.
+                atol = INT8_FLOAT_OUTPUT_ATOL
+            if diff > atol * scale:
+                raise ModelError(f"{manifest.name} ({manifest.backend} {manifest.precision}) on "
+                                 f"{manifest.target}: emulated outputs differ from the host run by {diff:.3g} "
+                                 f"(tolerance {atol * scale:.3g}); the aarch64 build computes something else")
+    return worst
