@@ -18,7 +18,8 @@ from edgecnn.kinds import ReportFormat
 
 
 COLUMNS = ["model", "backend", "precision", "pruning", "mode", "threads", "size_kb", "macs_m", "metric", "accuracy",
-           "min_snr_db", "p50_ms", "p90_ms", "p99_ms", "fps", "e2e_ms", "instructions", "predicted_ms"]
+           "min_snr_db", "p50_ms", "p90_ms", "p99_ms", "fps", "e2e_ms", "instructions", "predicted_ms",
+           "predicted_err_pct"]
 
 
 def _pruning(row: dict) -> str:
@@ -56,7 +57,14 @@ def flatten(row: dict[str, Any]) -> dict[str, Any]:
         "fps": _r(row.get("fps"), 1), "e2e_ms": _r((row.get("end_to_end") or {}).get("total_ms")),
         "instructions": row.get("emulated_instructions"),
         "predicted_ms": _r(row.get("predicted_latency_ms")),
+        # The cost model's leave-one-out median |error| on networks it was not fitted to, in percent.
+        "predicted_err_pct": _r(100 * _band(row), 0) if _band(row) is not None else None,
     }
+
+
+def _band(row: dict) -> float | None:
+    band = ((row.get("prediction") or {}).get("error_band") or {}).get("median")
+    return None if band is None or row.get("predicted_latency_ms") is None else float(band)
 
 
 def _min_snr(row: dict) -> float | None:
@@ -103,7 +111,8 @@ MIN_NAME = 4  # a name column folds (on a terminal too narrow for the table) to 
 
 _SHORT = {"precision": "prec", "pruning": "prune", "threads": "thr", "size_kb": "KB", "macs_m": "MMACs",
           "accuracy": "acc", "min_snr_db": "SNR dB", "fps": "FPS@p50", "e2e_ms": "e2e ms", "p50_ms": "p50 ms", "p90_ms": "p90 ms", "p99_ms": "p99 ms",
-          "instructions": "instructions", "predicted_ms": "pred. ms"}
+          "instructions": "instructions", "predicted_ms": "pred. ms",
+          "predicted_err_pct": "pred. ±%"}
 
 
 def rich_table(doc: dict[str, Any]):

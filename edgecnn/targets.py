@@ -42,16 +42,35 @@ class Gpu:
     memory_mb: int = 0
 
 
-@dataclass(frozen=True)
-class Cost:
-    """A linear cost model for emulated runs: predicted ms = guest instructions x ns_per_instruction / 1e6.
+# The cost model's features (edgecnn.emulate.cost documents each).
+COST_FEATURES = ("vec_fmul", "vec_imul", "other", "l1_miss", "dram", "futex")
 
-    Calibrated on one published latency of the board and the guest instruction count of the
-    same network under qemu with the board's core; `reference` says which. A rough figure
-    (one point, other runtime and thread count): bench labels it as predicted, never measured.
+
+@dataclass(frozen=True)
+class Cache:
+    """The board's data caches as the counting plugin models them: (bytes, ways) each, 64-byte lines.
+
+    l1 is per core; l2 is one cache shared by every core of the cluster (the Pi 3/4's L2; the Pi 5's
+    private L2s and shared L3 are modelled as their shared L3).
     """
 
-    ns_per_instruction: float
+    l1: tuple[int, int]
+    l2: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """The board's fitted cost model (edgecnn.emulate.cost): ns per profile feature, from published figures.
+
+    runtime: the runtime whose published latencies the weights were fitted on ("ncnn"); a prediction for
+    another runtime's bundle is that runtime's counts on this runtime's scale, and says so.
+    median_error / worst_error: leave-one-network-out error of the fit (fractions), the band bench shows.
+    """
+
+    weights_ns: dict[str, float]
+    runtime: str
+    median_error: float
+    worst_error: float
     reference: str
 
 
@@ -78,6 +97,7 @@ class Target:
     cpu_part: str = ""  # MIDR part number for the emulated /proc/cpuinfo, e.g. "0xd08"
     gpu: Gpu | None = None
     cost: Cost | None = None
+    cache: Cache | None = None
     source: str = ""  # the file this target came from
 
     @property
@@ -140,9 +160,12 @@ _SCHEMA: dict[str, tuple[type, bool]] = {
     "cpu_part": (str, False),
     "gpu": (dict, False),
     "cost": (dict, False),
+    "cache": (dict, False),
 }
 _GPU_SCHEMA: dict[str, tuple[type, bool]] = {"name": (str, True), "arch": (str, True), "memory_mb": (int, False)}
-_COST_SCHEMA: dict[str, tuple[type, bool]] = {"ns_per_instruction": (float, True), "reference": (str, True)}
+_COST_SCHEMA: dict[str, tuple[type, bool]] = {"weights_ns": (dict, True), "runtime": (str, True),
+                                              "median_error": (float, True), "worst_error": (float, True),
+                                              "reference": (str, True)}
 # The TVM target keys edgecnn reads or completes. TVM knows many more (libs, mabi, max_num_threads, ...);
 # those pass through to tvm.target.Target unchecked, which names a bad one itself.
 _TVM_SCHEMA: dict[str, tuple[type, bool]] = {
@@ -251,14 +274,41 @@ def parse_target(data: dict, source: str) -> Target:
     if "gpu" in data:
         _check_table(data["gpu"], _GPU_SCHEMA, f"{source} [gpu]")
         gpu = Gpu(**data["gpu"])
-    cost = None
-    if "cost" in data:
-        _check_table(data["cost"], _COST_SCHEMA, f"{source} [cost]")
-        if data["cost"]["ns_per_instruction"] <= 0:
-            raise TargetError(f"{source} [cost]: 'ns_per_instruction' must be positive")
-        cost = Cost(float(data["cost"]["ns_per_instruction"]), data["cost"]["reference"])
-    fields = {k: v for k, v in data.items() if k not in ("gpu", "cost", "backends", "runtimes")}
-    return Target(**fields, backends=backends, gpu=gpu, cost=cost, source=source)
+    cost = _cost(data["cost"], source) if "cost" in data else None
+    cache = _cache(data["cache"], source) if "cache" in data else None
+    fields = {k: v for k, v in data.items() if k not in ("gpu", "cost", "cache", "backends", "runtimes")}
+    return Target(**fields, backends=backends, gpu=gpu, cost=cost, cache=cache, source=source)
+
+
+def _cost(table: dict, source: str) -> Cost:
+    _check_table(table, _COST_SCHEMA, f"{source} [cost]")
+    weights = table["weights_ns"]
+    for key, value in weights.items():
+        if key not in COST_FEATURES:
+            raise TargetError(f"{source} [cost.weights_ns]: unknown feature '{key}' (known: {', '.join(COST_FEATURES)})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise TargetError(f"{source} [cost.weights_ns]: '{key}' must be a number >= 0, got {value!r}")
+    if not any(weights.values()):
+        raise TargetError(f"{source} [cost.weights_ns]: every weight is 0")
+    return Cost({k: float(v) for k, v in weights.items()}, table["runtime"], float(table["median_error"]),
+                float(table["worst_error"]), table["reference"])
+
+
+def _cache(table: dict, source: str) -> Cache:
+    sizes = {}
+    for level in ("l1", "l2"):
+        value = table.get(level)
+        ok = (isinstance(value, list) and len(value) == 2
+              and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+        sets = value[0] // 64 // value[1] if ok else 0
+        if not ok or sets & (sets - 1) or sets == 0:
+            raise TargetError(f"{source} [cache]: '{level}' must be [bytes, ways] with a power-of-two number "
+                              f"of 64-byte sets, got {value!r}")
+        sizes[level] = (value[0], value[1])
+    extra = set(table) - {"l1", "l2"}
+    if extra:
+        raise TargetError(f"{source} [cache]: unknown key '{sorted(extra)[0]}' (known keys: l1, l2)")
+    return Cache(sizes["l1"], sizes["l2"])
 
 
 def load_target_file(path: str | Path) -> Target:

@@ -26,29 +26,46 @@ def run_emulated(bundle, reference, portable: bool, source, target, data: str | 
     """The row's measured fields for `bundle` on `target` under qemu; `reference` runs here for accuracy."""
     from edgecnn.bench.fidelity import fidelity, inputs_for
     from edgecnn.emulate.bundle import run_bundle_emulated
+    from edgecnn.emulate.plugin import profile_args
     from edgecnn.runner.run import run_bundle
     from edgecnn.runner.sessions import open_session
 
     log(f"{label}: accuracy on this machine ({'same artifact' if portable else 'host build of the same model'})")
     native = run_bundle(reference, data=data, limit=limit, runs=1, warmup=0, threads=threads)
     sample = inputs_for(bundle, data, min(EMULATED_SAMPLE, limit or EMULATED_SAMPLE))[1]
-    log(f"{label}: {len(sample)} image(s) under qemu -cpu {target.qemu_cpu}")
-    emu = run_bundle_emulated(bundle, sample, target)
+    guest_threads = threads or 1
+    log(f"{label}: {len(sample)} image(s) under qemu -cpu {target.qemu_cpu}, {guest_threads} thread(s)")
+    plugin_args = profile_args(target.cache.l1, target.cache.l2) if target.cost and target.cache else ()
+    emu = run_bundle_emulated(bundle, sample, target, threads=guest_threads, plugin_args=plugin_args)
     session = open_session(reference, threads=1)
     worst = outputs_match([session(x) for x in sample], emu.outputs, bundle.manifest)
     instructions = int(round(float(np.median(list(emu.instructions)))))
-    cost = target.cost
     return {
         "latency_ms": None, "fps": None, "load_ms": None, "first_inference_ms": None, "peak_rss_mb": None,
-        "threads": 1, "images": native.get("images"), "accuracy": native.get("accuracy"),
+        "threads": guest_threads, "images": native.get("images"), "accuracy": native.get("accuracy"),
         "inputs": native.get("inputs"), "predictions": native.get("predictions"),
         "fidelity": fidelity(reference, source, data, "same artifact" if portable else "host build"),
         "emulated_instructions": instructions,
-        # Labelled as predicted: a one-point linear model (targets/<name>.toml [cost]), not a measurement.
-        "predicted_latency_ms": round(instructions * cost.ns_per_instruction / 1e6, 3) if cost else None,
+        **prediction(target, bundle.manifest.backend, emu.profile),
         "emulated_check": {"images": len(sample), "max_abs_diff": worst, "qemu_cpu": target.qemu_cpu,
                            "accuracy_from": "same artifact, native" if portable else "host build, native"},
     }
+
+
+def prediction(target, backend: str, profile: list) -> dict[str, Any]:
+    """predicted_latency_ms and how far to trust it, from the last counted inference's profile (the caches
+    warm, as in a benchmark loop) and the board's fitted cost model; nulls without a model."""
+    from edgecnn.emulate.cost import features, predict_ms
+
+    cost = target.cost
+    if cost is None or not profile:
+        return {"predicted_latency_ms": None}
+    feats = features(list(profile[-1].values()))
+    scale = (f"fitted on published {cost.runtime} figures" if backend == cost.runtime else
+             f"{backend} counts on a {cost.runtime}-fitted scale: no published {backend} figure checks it")
+    return {"predicted_latency_ms": round(predict_ms(cost.weights_ns, feats), 3),
+            "prediction": {"error_band": {"median": cost.median_error, "worst": cost.worst_error},
+                           "scale": scale, "features": {k: int(v) for k, v in feats.items()}}}
 
 
 def outputs_match(host: list, guest: list, manifest) -> float:

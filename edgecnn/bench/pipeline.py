@@ -379,7 +379,7 @@ _MEASURED_KEYS = ("latency_ms", "fps", "load_ms", "first_inference_ms", "peak_rs
                   "accuracy")
 # Present when the run gave them (an older runner on a board may not).
 _OPTIONAL_KEYS = ("fps_mean", "inputs", "machine", "end_to_end", "emulated_instructions", "predicted_latency_ms",
-                  "emulated_check", "fidelity")
+                  "prediction", "emulated_check", "fidelity")
 
 
 def _measured(result: dict[str, Any]) -> dict[str, Any]:
@@ -441,9 +441,12 @@ def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
                      "each output's max |diff|, cosine and SNR against the source model")
     if plan.mode is Mode.EMULATED:
         notes.append("emulated: latency_ms and fps are null (qemu wall-clock is not board time); "
-                     "emulated_instructions is the guest count of one inference, 1 thread")
-        if plan.target.cost:
-            notes.append(f"predicted_latency_ms = instructions x {plan.target.cost.ns_per_instruction} ns, "
-                         f"from {plan.target.cost.reference}; a rough prediction, not a measurement")
+                     "emulated_instructions is the calling thread's guest count of one inference")
+        cost = plan.target.cost
+        if cost:
+            notes.append(f"predicted_latency_ms: a prediction, not a measurement: the guest profile (instruction "
+                         f"classes, cache misses, waits) weighted by the cost model in the target's TOML, fitted "
+                         f"on {cost.reference}; on networks left out of that fit it was off by "
+                         f"{cost.median_error:.0%} (median), {cost.worst_error:.0%} (worst)")
     return {"edgecnn": __version__, "target": plan.target.name, "mode": plan.mode.value,
             "notes": notes, "results": results}

@@ -153,7 +153,8 @@ def _alias_after_tuning(bundle, job, comp) -> None:
 def _key_parts(job, comp) -> dict:
     """Everything that decides the bundle's bytes (cache.bundle_key adds the compile code version)."""
     parts = {"source": job.source.sha256, "backend": job.backend, "precision": job.precision,
-             "target": {k: v for k, v in job.target.to_dict().items() if k != "source"},
+             # The cost model and cache sizes describe the board's timing, not the code built for it.
+             "target": {k: v for k, v in job.target.to_dict().items() if k not in ("source", "cost", "cache")},
              "tools": comp.tools(job), "verify_images": str(job.calib) if job.calib else None,
              **comp.key_parts(job)}
     if job.precision == Precision.INT8.value and job.source.precision != Precision.INT8.value:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -40,6 +40,9 @@ class EmulatedBundleRun:
     outputs: list[list[np.ndarray]]  # per input: the model's outputs, float32
     instructions: list[int]  # guest instructions of each counted invoke(), one per input
     seconds: float  # wall-clock of the whole guest run (imports included); not a latency
+    threads: int = 1
+    # profile runs: per input, each guest thread's statistics (edgecnn.emulate.plugin.Counts.threads)
+    profile: list[dict[int, dict[str, int]]] = field(default_factory=list)
 
     @property
     def mean_instructions(self) -> int:
@@ -48,12 +51,16 @@ class EmulatedBundleRun:
 
 
 def run_bundle_emulated(bundle: str | Path | Bundle, inputs: Sequence[np.ndarray], target: str | Target, *,
-                        warmup: int = 1, timeout: float = 900) -> EmulatedBundleRun:
+                        warmup: int = 1, timeout: float = 900, threads: int = 1,
+                        plugin_args: Sequence[str] = ()) -> EmulatedBundleRun:
     """Run `bundle` on each preprocessed input batch (NHWC float, or the model's int type) under qemu.
 
     TVM bundles need the guest's TVM runtime (`edgecnn emulator setup --with-tvm`)
     and aarch64 code. An instruction the target's core lacks fails as
     "illegal instruction on <core> running <bundle>".
+    With `plugin_args` (edgecnn.emulate.plugin.profile_args) each input's region also carries every guest
+    thread's instruction classes, memory traffic and cache misses; `threads` > 1 runs the runtime's own
+    thread pool (the count of record stays the calling thread's).
     """
     t = resolve_target(target)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -81,8 +88,12 @@ def run_bundle_emulated(bundle: str | Path | Bundle, inputs: Sequence[np.ndarray
         for file, x in zip(names, arrays):
             np.save(work / file, x, allow_pickle=False)
         args = ["bundle", "outputs.npz", str(warmup), *names]
+        env = {"TVM_NUM_THREADS": str(threads)}
+        if threads != 1:
+            # Idle pool threads sleep (futex) instead of spinning: their counts are then their work.
+            env.update(EDGECNN_THREADS=str(threads), OMP_WAIT_POLICY="passive", OMP_NUM_THREADS=str(threads))
         result = run_python(t, GUEST_DIR / "run_bundle.py", args, pythonpath=[guest_mount("src")], count=True,
-                            check=False, timeout=timeout, what=name, cwd=work, env={"TVM_NUM_THREADS": "1"})
+                            check=False, timeout=timeout, what=name, cwd=work, env=env, plugin_args=plugin_args)
         if result.returncode == 2 and GUEST_ERROR in result.stderr:
             raise _guest_error(result.stderr, b)
         if result.returncode != 0:  # SIGILL, a crash, or a failed script: one line
@@ -93,7 +104,8 @@ def run_bundle_emulated(bundle: str | Path | Bundle, inputs: Sequence[np.ndarray
         with np.load(work / "outputs.npz", allow_pickle=False) as npz:
             count = len(m.outputs)
             outputs = [[npz[f"{i}_{k}"] for k in range(count)] for i in range(len(arrays))]
-    return EmulatedBundleRun(name, t.name, t.qemu_cpu, outputs, list(regions), result.seconds)
+    profile = result.counts.threads if result.counts and plugin_args else []
+    return EmulatedBundleRun(name, t.name, t.qemu_cpu, outputs, list(regions), result.seconds, threads, profile)
 
 
 def _guest_error(stderr: str, bundle: Bundle) -> errors.EdgecnnError:

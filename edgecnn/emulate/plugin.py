@@ -15,7 +15,7 @@ import os
 import subprocess
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgecnn.emulate.tools import host_apt_sources, package_version, qemu_version, require_tools
@@ -128,24 +128,53 @@ def installed_plugin() -> Path | None:
 
 @dataclass(frozen=True)
 class Counts:
-    """What the plugin reported: one instruction count per marked region."""
+    """What the plugin reported: one instruction count per marked region (the calling thread's).
+
+    `threads` (profile runs only): per region, each thread that ran in it (by qemu's vCPU index, the calling
+    thread included) -> its statistics: insn, loads, stores, load_bytes, store_bytes, l1_miss, l2_miss, futex
+    and the instruction classes (CLASSES).
+    """
 
     regions: list[int]
     errors: list[str]
     finished: bool  # the guest exited normally (the atexit line was written)
+    threads: list[dict[int, dict[str, int]]] = field(default_factory=list)
+
+
+# The plugin's instruction classes (insn_count.c, class_names), decoded from the A64 encoding groups.
+CLASSES = ("branch", "int", "int_mul", "load", "store", "vec_load", "vec_store", "vec_fmul", "vec_imul",
+           "vec_other")
+
+
+def profile_args(l1: tuple[int, int] | None = None, l2: tuple[int, int] | None = None) -> list[str]:
+    """The plugin arguments of a profile run: classes and memory, with a cache model of (bytes, ways) each."""
+    args = ["profile=1"]
+    if l1:
+        args.append(f"l1={int(l1[0])}:{int(l1[1])}")
+    if l2:
+        if not l1:
+            raise ValueError("an L2 model needs an L1 model")
+        args.append(f"l2={int(l2[0])}:{int(l2[1])}")
+    return args
 
 
 def parse_counts(text: str) -> Counts:
     """Parse the plugin's output file."""
-    regions, errors, finished = [], [], False
+    regions, errors, finished, threads = [], [], False, []
+    pending: dict[int, dict[str, int]] = {}
     for line in text.splitlines():
         words = line.split()
         if not words:
             continue
-        if words[0] == "region" and len(words) == 3:
+        if words[0] == "thread" and len(words) >= 3:
+            pending[int(words[2])] = {k: int(v) for k, v in (w.split("=", 1) for w in words[3:])}
+        elif words[0] == "region" and len(words) == 3:
             regions.append(int(words[2]))
+            if pending:
+                threads.append(pending)
+                pending = {}
         elif words[0] == "error":
             errors.append(" ".join(words[1:]))
         elif words[0] == "exit":
             finished = True
-    return Counts(regions, errors, finished)
+    return Counts(regions, errors, finished, threads)

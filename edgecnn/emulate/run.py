@@ -79,7 +79,8 @@ def guest_env(pythonpath: Sequence[Path | str] = (), extra: dict[str, str] | Non
 
 
 def build_command(target: Target, view: Path, program: str | Path, args: Sequence[str] = (),
-                  plugin: Path | None = None, plugin_out: Path | None = None, argv0: str | None = None) -> list[str]:
+                  plugin: Path | None = None, plugin_out: Path | None = None, argv0: str | None = None,
+                  plugin_args: Sequence[str] = ()) -> list[str]:
     """The host command line for one guest run (pure: nothing is checked or run)."""
     # setarch takes the kernel's own machine name (uname -m), not the target spelling of host_arch().
     cmd = ["setarch", platform.machine(), "-R", "qemu-aarch64", "-cpu", target.qemu_cpu, "-L", str(view)]
@@ -88,7 +89,7 @@ def build_command(target: Target, view: Path, program: str | Path, args: Sequenc
     if plugin is not None:
         if plugin_out is None:
             raise ValueError("plugin_out is required with a plugin")
-        cmd += ["-plugin", f"{plugin},out={plugin_out}"]
+        cmd += ["-plugin", ",".join([f"{plugin}", f"out={plugin_out}", *plugin_args])]
     return cmd + [str(program), *map(str, args)]
 
 
@@ -121,11 +122,12 @@ def _no_core_dumps() -> None:
 def run_guest(target: str | Target, program: str | Path, args: Sequence[str] = (), *,
               pythonpath: Sequence[Path | str] = (), env: dict[str, str] | None = None, count: bool = False,
               check: bool = True, timeout: float = DEFAULT_TIMEOUT_S, what: str | None = None,
-              cwd: Path | None = None, argv0: str | None = None) -> GuestResult:
+              cwd: Path | None = None, argv0: str | None = None, plugin_args: Sequence[str] = ()) -> GuestResult:
     """Run an aarch64 program (host path or a path inside the sysroot) under the target's core.
 
     With count=True the counting plugin is loaded and the result carries the
-    instruction count of every region the guest marked (guest/edgecnn_marker.py).
+    instruction count of every region the guest marked (guest/edgecnn_marker.py);
+    `plugin_args` (edgecnn.emulate.plugin.profile_args) add per-thread classes and a cache model.
     With check=True a failed run raises ToolError; an illegal instruction reads
     "illegal instruction on <core> running <what>".
     """
@@ -134,7 +136,8 @@ def run_guest(target: str | Target, program: str | Path, args: Sequence[str] = (
     what = what or Path(str(program)).name
     with tempfile.TemporaryDirectory(prefix="edgecnn-qemu-") as tmp:
         plugin_out = Path(tmp) / "counts.txt" if count else None
-        cmd = build_command(t, ready.view, program, args, ready.plugin if count else None, plugin_out, argv0)
+        cmd = build_command(t, ready.view, program, args, ready.plugin if count else None, plugin_out, argv0,
+                            plugin_args if count else ())
         started = time.perf_counter()
         try:
             done = subprocess.run(cmd, env=guest_env(pythonpath, env), capture_output=True, text=True,

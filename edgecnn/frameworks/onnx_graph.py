@@ -108,3 +108,26 @@ def _name_nodes(graph) -> None:
 
 def _fmt(shape: tuple) -> str:
     return "(" + ", ".join("?" if d is None else str(d) for d in shape) + ")"
+
+
+def cancel_transposes(model):
+    """Re-run tf2onnx's transpose optimizer on a tf2onnx export whose own pass gave up; the proto, and how
+    many Transpose nodes it removed.
+
+    tf2onnx 1.17's transpose optimizer raises on an Add/Mul whose constant operand is 0-d (hard-swish's
+    x + 3 in MobileNetV3) and then leaves every layout Transpose of an inputs_as_nchw export in place: 127 in
+    Keras' MobileNetV3-Large, which pnnx turns into as many ncnn Permute layers. A 0-d constant broadcasts as
+    a [1] one does, so reshaping them lets the pass finish.
+    """
+    from onnx import numpy_helper
+    from tf2onnx.graph import GraphUtil
+
+    before = sum(n.op_type == "Transpose" for n in model.graph.node)
+    if before <= 1:  # the input's own transpose is fused into the first convolution by pnnx
+        return model, 0
+    for init in model.graph.initializer:
+        if len(init.dims) == 0:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).reshape(1), init.name))
+    optimized = GraphUtil.optimize_model_proto(model)
+    after = sum(n.op_type == "Transpose" for n in optimized.graph.node)
+    return (optimized, before - after) if after < before else (model, 0)

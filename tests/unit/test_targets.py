@@ -51,11 +51,14 @@ def test_unknown_target_lists_known_ones():
         get_target("pi9")
 
 
-def test_cost_model_of_the_pi_targets():
-    for name in ("a53", "a72", "a76"):
-        cost = get_target(name).cost
-        assert cost is not None and 0 < cost.ns_per_instruction < 1 and "MobileNetV2" in cost.reference
-    assert get_target("host").cost is None  # measured for real, nothing to predict
+def test_cost_model_and_caches_of_the_pi_targets():
+    cost = get_target("a72").cost
+    assert cost is not None and cost.runtime == "ncnn" and "benchncnn" in cost.reference
+    assert 0 < cost.median_error <= cost.worst_error < 1
+    assert 0.2 < cost.weights_ns["vec_fmul"] < 2  # about a cycle of the A72's 1.8 GHz per SIMD multiply
+    assert get_target("a72").cache.l1 == (32768, 2) and get_target("a72").cache.l2 == (1 << 20, 16)
+    assert get_target("a53").cache.l2 == (512 << 10, 16)
+    assert get_target("host").cost is None and get_target("host").cache is None  # measured, nothing to predict
 
 
 def test_user_file_by_path(tmp_path):
@@ -86,9 +89,11 @@ def test_user_file_by_path(tmp_path):
     (lambda s: s.replace('kind = "llvm"\n', ""), "table 'tvm' needs a 'kind'"),
     (lambda s: s + "[gpu]\nname = \"x\"\n", r"\[gpu\]: missing required key 'arch'"),
     (lambda s: s + "name = \n", "not valid TOML"),
-    (lambda s: s.replace("ns_per_instruction = 0.5042", 'ns_per_instruction = "fast"'),
-     r"\[cost\]: key 'ns_per_instruction' must be a number"),
-    (lambda s: s.replace("ns_per_instruction = 0.5042", "ns_per_instruction = -1.0"), "must be positive"),
+    (lambda s: s.replace("[cost.weights_ns]\n", "[cost.weights_ns]\nturbo = 1.0\n"), "unknown feature 'turbo'"),
+    (lambda s: s.replace("[cost.weights_ns]\n", "[cost.weights_ns]\nfutex = -1.0\n"), "must be a number >= 0"),
+    (lambda s: s.replace('runtime = "ncnn"\n', ""), r"\[cost\]: missing required key 'runtime'"),
+    (lambda s: s.replace("l1 = [32768, 2]", "l1 = [30000, 2]"), r"\[cache\]: 'l1' must be \[bytes, ways\]"),
+    (lambda s: s.replace("l2 = [1048576, 16]", 'l2 = "1M"'), r"\[cache\]: 'l2' must be"),
 ])
 def test_schema_errors_name_file_and_key(tmp_path, edit, message):
     f = tmp_path / "bad.toml"

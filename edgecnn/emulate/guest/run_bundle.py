@@ -7,11 +7,13 @@ library and numpy only at import). Usage:
 Each INPUT.npy is one inference (the model's only input, float or already in its
 integer type). WARMUP invokes on the first input run before anything is counted
 (XNNPACK packs weights on the first invoke). Then each input is fed, and only its
-invoke() runs between the markers: one counted region per input. One thread: the
-count is the calling thread's. Exit 2 with "edgecnn-guest-error: Kind: message"
+invoke() runs between the markers: one counted region per input. One thread (the
+count is the calling thread's) unless EDGECNN_THREADS says more (profile runs,
+where the plugin reports every thread). Exit 2 with "edgecnn-guest-error: Kind: message"
 on stderr for a problem the user can fix.
 """
 
+import os
 import sys
 
 import numpy as np
@@ -32,7 +34,7 @@ def main(argv):
     bundle, out, warmup, inputs = argv[0], argv[1], int(argv[2]), argv[3:]
     outputs = {}
     try:
-        session = open_session(load_bundle(bundle), threads=1)
+        session = open_session(load_bundle(bundle), threads=int(os.environ.get("EDGECNN_THREADS", "1")))
         arrays = [np.load(p, allow_pickle=False) for p in inputs]
         session.feed(arrays[0])
         for _ in range(warmup):
