@@ -16,9 +16,15 @@ arithmetic. ncnn's fp16 kernels for ARM need ARMv8.2 fp16: on an a72 or a53 an
 fp16 bundle runs as fp32 from its half-size .bin (under qemu with ncnn
 1.0.20261020 its instruction count is the fp32 bundle's).
 
-int8 is refused: ncnn's own quantisation is two programs (ncnn2table writes a
-calibration table, ncnn2int8 rewrites the weights) that neither the ncnn nor the
-pnnx wheel ships, and ncnn's Python API has no table or model writer.
+int8 is ncnn's own int8 (int8 Convolution / ConvolutionDepthWise / InnerProduct
+layers, which the wheel runs), made without ncnn's two programs for it
+(ncnn2table writes a calibration table, ncnn2int8 rewrites the weights), which
+neither the ncnn nor the pnnx wheel ships: edgecnn.compile.ncnn_int8 calibrates
+the fp32 conversion on the calibration images (the job's set, else the demo set
+of the model's task) through ncnn's Python API and rewrites the .param/.bin.
+The manifest's verification.quantization records the calibration set, the
+method and what was quantized. An int8 *source* file is refused: pnnx
+converts float graphs.
 
 The .param/.bin are the same bytes on every machine, so they are verified on
 this one with the runner's own session (edgecnn.runner.sessions.NcnnSession).
@@ -85,19 +91,64 @@ def options(target, precision: str) -> dict:
     where ncnn itself checks this machine's CPU; ncnn never computes in fp16 on a core without it.
     """
     fp16 = precision == Precision.FP16.value
-    return {"threads": target.cores, "light_mode": True, "fp16_storage": fp16, "fp16_packed": fp16,
+    opts = {"threads": target.cores, "light_mode": True, "fp16_storage": fp16, "fp16_packed": fp16,
             "fp16_arithmetic": fp16 and ("fp16" in target.features or target.is_host)}
+    if precision == Precision.INT8.value:
+        opts["int8_inference"] = True  # ncnn refuses int8 weights with it off; the layers between stay fp32
+    return opts
 
 
 def build(job: Job, out: Path, work: Path) -> Built:
     """Write model.ncnn.param/.bin into `out` and describe them."""
     src = job.source
+    int8 = job.precision == Precision.INT8.value
     path, layout, shape = _onnx_for_pnnx(job, work)
-    job.log(f"ncnn: converting {src.name} with pnnx ({job.precision} weights)")
-    ignored = run_pnnx(path, shape, out, work, fp16=job.precision == Precision.FP16.value)
+    job.log(f"ncnn: converting {src.name} with pnnx ({'fp32' if int8 else job.precision} weights)")
+    converted = work / "fp32" if int8 else out  # int8 is made from the fp32 conversion
+    converted.mkdir(exist_ok=True)
+    ignored = run_pnnx(path, shape, converted, work, fp16=job.precision == Precision.FP16.value)
     inputs, outputs = _specs(path, layout, src.kind)
-    _check_loads(out, ignored, len(outputs), src.name)
-    return Built(dict(FILES), inputs, outputs, options(job.target, job.precision), tools(job))
+    _check_loads(converted, ignored, len(outputs), src.name)
+    info = {}
+    if int8:
+        info = make_int8(job, converted, out, work, inputs[0].layout)
+        _check_loads(out, [], len(outputs), src.name)
+    return Built(dict(FILES), inputs, outputs, options(job.target, job.precision), tools(job), info)
+
+
+def make_int8(job: Job, fp32: Path, out: Path, work: Path, layout: str) -> dict:
+    """The int8 .param/.bin in `out` from the fp32 pair in `fp32`, calibrated on the job's images (else the demo set
+    of the model's task); returns the manifest's quantization record. The table is kept in `work`."""
+    from edgecnn.compile import ncnn_int8
+    from edgecnn.compile.verify import demo_image_set
+    from edgecnn.data.calibration import RECOMMENDED_MINIMUM, load_calibration_set
+    from edgecnn.errors import DataError
+    from edgecnn.quantize.calibration import build_calibration
+    from edgecnn.runner.tensors import to_layout
+
+    src = job.source
+    cset = load_calibration_set(job.calib if job.calib is not None else demo_image_set(src.task))
+    if cset.task and cset.task != src.task:
+        raise DataError(f"calibration set '{cset.name}' is for {cset.task}, but {src.name} is a {src.task} model")
+    method = ncnn_int8.DEFAULT_METHOD
+    job.log(f"ncnn: calibrating int8 on {len(cset.images)} images of '{cset.name}' ({method} thresholds)")
+    data = build_calibration(cset, src.preprocessing, INPUT_BLOB)
+    images = [to_layout(data.images[i:i + 1], layout)[0] for i in range(len(data))]  # ncnn takes no batch axis
+    params, weights = fp32 / FILES["param"], fp32 / FILES["bin"]
+    table = ncnn_int8.calibrate(params, weights, images, INPUT_BLOB, method, threads=min(os.cpu_count() or 1, 4))
+    (work / "model.ncnn.table").write_text(table.text())  # ncnn2table's format, for comparing with ncnn's tools
+    done = ncnn_int8.quantize_model(params, weights, table, out / FILES["param"], out / FILES["bin"])
+    notes = [f"calibration set '{cset.name}' has {len(data)} images; {RECOMMENDED_MINIMUM} or more give steadier "
+             "int8 ranges"] if cset.too_small else []
+    for note in notes:
+        job.log(f"ncnn: {note}")
+    return {"quantization": {
+        "calibration": {"name": cset.name, "images": len(data)},
+        "settings": {"made_by": "edgecnn.compile.ncnn_int8 (ncnn2table + ncnn2int8 done in Python)",
+                     "method": table.method, "histogram_bins": ncnn_int8.HISTOGRAM_BINS,
+                     "weights": "per output channel (per group for depthwise): 127 / max|w|, 31 / max|w| for 3x3 "
+                                "stride-1 convolutions", "requantize": True},
+        "layers": done, "warnings": notes}}
 
 
 def _onnx_for_pnnx(job: Job, work: Path) -> tuple[Path, str, list[int]]:
@@ -132,6 +183,7 @@ def onnx_channels_first(keras_model, path: Path) -> Path:
     import tensorflow as tf
     import tf2onnx
 
+    from edgecnn.frameworks.onnx_graph import cancel_transposes
     from edgecnn.frameworks.tf import ONNX_INPUT, ONNX_OPSET
 
     spec = (tf.TensorSpec((None,) + tuple(keras_model.input_shape[1:]), tf.float32, name=ONNX_INPUT),)
@@ -140,6 +192,7 @@ def onnx_channels_first(keras_model, path: Path) -> Path:
                                               inputs_as_nchw=[ONNX_INPUT])
     except (ValueError, NotImplementedError) as e:
         raise ModelError(f"tf2onnx cannot export the Keras model: {str(e).splitlines()[0] if str(e) else e}") from e
+    proto, _ = cancel_transposes(proto)
     path.write_bytes(proto.SerializeToString())
     return path
 
@@ -220,7 +273,9 @@ def host_runner(bundle_dir: Path, built: Built):
     from edgecnn.runner.sessions import NcnnSession, predict
     from edgecnn.targets import host_arch
 
-    precision = Precision.FP16.value if built.backend_options.get("fp16_storage") else Precision.FP32.value
+    opts = built.backend_options
+    precision = (Precision.INT8.value if opts.get("int8_inference") else
+                 Precision.FP16.value if opts.get("fp16_storage") else Precision.FP32.value)
     manifest = Manifest(name=bundle_dir.name, target="host", arch=host_arch(), backend=Backend.NCNN.value,
                         precision=precision, files=built.files, inputs=built.inputs, outputs=built.outputs,
                         task="generic", preprocessing={}, backend_options=built.backend_options)
@@ -229,15 +284,12 @@ def host_runner(bundle_dir: Path, built: Built):
 
 
 class NcnnCompiler(Compiler):
-    """ncnn .param/.bin through pnnx: fp32, or fp16 weights and storage (fp16 arithmetic where the core has it)."""
+    """ncnn .param/.bin through pnnx: fp32, fp16 weights and storage (fp16 arithmetic where the core has it), or
+    ncnn int8 calibrated and rewritten by edgecnn.compile.ncnn_int8."""
 
     name = Backend.NCNN.value
-    precisions = (Precision.FP32.value, Precision.FP16.value)
+    precisions = (Precision.FP32.value, Precision.FP16.value, Precision.INT8.value)
     formats = ()  # every source goes through pnnx: none is run as it is
-    precision_advice = {
-        Precision.INT8.value: "the ncnn backend builds fp32 and fp16: ncnn's int8 needs its calibration tools "
-                              "(ncnn2table, ncnn2int8), which the ncnn and pnnx wheels do not ship; for int8 use "
-                              "--backend tflite (XNNPACK) or --backend onnx (onnxruntime)"}
 
 
 COMPILER = NcnnCompiler(sys.modules[__name__])

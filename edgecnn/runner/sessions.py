@@ -356,7 +356,9 @@ class NcnnSession(Session):
     and fed without it, and each output gets its batch axis back, shaped as the
     manifest says, so it compares with the source model's. fp16 storage or
     arithmetic is used only when the manifest allows it (ncnn's own defaults
-    would turn both on wherever the CPU has them).
+    would turn both on wherever the CPU has them). int8 inference stays on
+    (ncnn's default): it only acts on layers whose .param asks for int8, and
+    ncnn refuses to load int8 weights without it.
     """
 
     backend = Backend.NCNN
@@ -378,6 +380,7 @@ class NcnnSession(Session):
         o.use_fp16_arithmetic = bool(opts.get("fp16_arithmetic", False))
         o.use_bf16_storage = False
         o.use_vulkan_compute = False
+        o.use_int8_inference = bool(opts.get("int8_inference", True))
         param, weights = bundle.file("param"), bundle.file("bin")
         if self._net.load_param(str(param)) != 0 or self._net.load_model(str(weights)) != 0:
             raise ModelError(f"ncnn cannot load {param.name} / {weights.name} in {bundle.path}")

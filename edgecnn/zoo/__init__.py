@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgecnn.errors import ModelError
+from edgecnn.zoo import benchnets as _bn
+from edgecnn.zoo import benchnets_det as _bd
 from edgecnn.zoo import mobilenet as _mn
 from edgecnn.zoo import yolo_lite as _yl
 
@@ -124,6 +126,36 @@ def _v3(name: str, builder: Callable, minimalistic: bool, what: str) -> ModelSpe
                  what, _V3, _CLS_PRE)
 
 
+def _bench(name: str, task: str, builder: Callable, size: int, what: str, size_option: Option, classes: int | None,
+           pre: dict = _CLS_PRE) -> ModelSpec:
+    """A benchncnn network rebuilt from its .param (edgecnn.zoo.benchnets): defaults are benchncnn's input size
+    and classes; random weights only. Detectors' raw outputs are generic models here."""
+    defaults = {"size": size, **({"classes": classes} if classes else {})}
+    options = {"size": size_option, **({"classes": _CLASSES} if classes else {})}
+    return _spec(name, "benchncnn", task, builder, defaults, f"{what}, as ncnn's benchmark .param (random weights)",
+                 options, pre)
+
+
+_BENCH_SIZE = Option(int, low=96, high=1024)
+_BENCH = [
+    _bench("squeezenet", "classification", _bn.squeezenet, 227, "SqueezeNet 1.1", _BENCH_SIZE, 1000),
+    _bench("shufflenet", "classification", _bn.shufflenet, 224, "ShuffleNet V1 1x, 3 groups (logits)",
+           _BENCH_SIZE, 1000),
+    _bench("shufflenet_v2", "classification", _bn.shufflenet_v2, 224, "ShuffleNet V2 1.0x", _BENCH_SIZE, 1000),
+    _bench("mobilenet_v3_ncnn", "classification", _bn.mobilenet_v3, 224,
+           "MobileNetV3 (ncnn's variant, not Keras' Large)", Option(int, low=32, high=1024), 1000),
+    _bench("alexnet", "classification", _bn.alexnet, 227, "AlexNet (Caffe, grouped convs, LRN)", _BENCH_SIZE, 1000),
+    _bench("vgg16", "classification", _bn.vgg16, 224, "VGG-16", Option(int, low=32, high=1024), 1000),
+    _bench("blazeface", "generic", _bd.blazeface, 128, "BlazeFace backbone (no heads, as the .param)",
+           Option(int, low=32, high=1024, step=16), None),
+    _bench("yolov4_tiny", "generic", _bd.yolov4_tiny, 416, "YOLOv4-tiny head tensors (no decoding)",
+           Option(int, low=64, high=1024, step=32), 80, _DET_PRE),
+    _bench("mobilenet_ssd", "generic", _bd.mobilenet_ssd, 300, "MobileNet-SSD box/score tensors (no decoding)",
+           _BENCH_SIZE, 21),
+    _bench("squeezenet_ssd", "generic", _bd.squeezenet_ssd, 300, "SqueezeNet-SSD box/score tensors (no decoding)",
+           Option(int, low=160, high=1024), 21),
+]
+
 _REGISTRY: dict[str, ModelSpec] = {s.name: s for s in [
     _spec("mobilenet_v1", "mobilenet_v1", "classification", _mn.mobilenet_v1,
           {"size": 128, "classes": 5, "alpha": 0.25}, "MobileNet V1 (Howard et al. 2017)",
@@ -146,6 +178,7 @@ _REGISTRY: dict[str, ModelSpec] = {s.name: s for s in [
           {"size": 224, "classes": 5, "anchors": 5, "alpha": 0.35},
           "YOLO-Lite region head on a MobileNet V2 backbone",
           {**_YOLO, "alpha": Option(float, _mn.V2_ALPHAS)}, _DET_PRE, _HEAD),
+    *_BENCH,
 ]}
 
 
@@ -286,9 +319,18 @@ def _one_line(e) -> str:
 
 def _sources_digest() -> str:
     h = hashlib.sha256()
-    for module in ("mobilenet.py", "yolo_lite.py", "stats.py"):
+    for module in ("mobilenet.py", "yolo_lite.py", "benchnets.py", "benchnets_det.py", "benchnets_layers.py",
+                   "stats.py"):
         h.update((Path(__file__).parent / module).read_bytes())
     return h.hexdigest()[:16]
+
+
+def _output_shape(model) -> list:
+    """One output's shape without the batch, or a list of them for a model with several (detector heads)."""
+    shapes = model.output_shape
+    if isinstance(shapes, list):
+        return [list(s[1:]) for s in shapes]
+    return list(shapes[1:])
 
 
 def model_info(ref: str) -> dict:
@@ -316,7 +358,7 @@ def model_info(ref: str) -> dict:
 
         model = build(norm)
         counts = {"key": key, "params": count_params(model), "macs": count_macs(model),
-                  "input_shape": list(model.input_shape[1:]), "output_shape": list(model.output_shape[1:])}
+                  "input_shape": list(model.input_shape[1:]), "output_shape": _output_shape(model)}
         atomic_write_bytes(path, json.dumps(counts).encode())
     return {"name": spec.name, "ref": norm, "family": spec.family, "task": spec.task, "options": kwargs,
             "input_shape": counts["input_shape"], "output_shape": counts["output_shape"],

@@ -1,4 +1,5 @@
-"""The ncnn backend on the host: Keras, ONNX and TFLite sources through pnnx, the runner's NcnnSession, int8 refused."""
+"""The ncnn backend on the host: Keras, ONNX and TFLite sources through pnnx, the runner's NcnnSession, and ncnn
+int8 made by edgecnn.compile.ncnn_int8 (int8 source files refused)."""
 
 from __future__ import annotations
 
@@ -139,11 +140,64 @@ def test_zero_padding_without_a_convolution_after_it(tmp_path):
     assert load_bundle(out).manifest.verification["status"] == "passed"
 
 
-def test_int8_is_refused_with_the_backends_that_give_it(files, tmp_path):
-    assert compiler("ncnn").precisions == ("fp32", "fp16") and not compiler("ncnn").supports("int8")
-    with pytest.raises(ModelError, match=r"ncnn2table.*--backend tflite.*--backend onnx"):
+def test_int8_bundle_round_trip(files, tmp_path):
+    """int8 from a float Keras model: calibrated on the given images, every conv/fc layer int8, run by the session."""
+    calib = QF.make_calibration(tmp_path / "calib", 24)
+    out = tmp_path / "bundle"
+    r = compile_model(files["model"], "host", backend="ncnn", precision="int8", calib=calib, output_dir=out)
+    m = load_bundle(out).manifest
+    assert m.precision == "int8" and m.backend_options["int8_inference"] is True
+    assert not any(m.backend_options[k] for k in ("fp16_storage", "fp16_packed", "fp16_arithmetic"))
+    lines = [ln.split() for ln in (out / PARAM).read_text().splitlines()[2:]]
+    quantizable = [ln for ln in lines if ln[0] in ("Convolution", "ConvolutionDepthWise", "InnerProduct")]
+    assert [ln[0] for ln in quantizable] == ["Convolution", "InnerProduct"]
+    assert all(any(t in ("8=2", "8=102") for t in ln) for ln in quantizable)
+    q = m.verification["quantization"]
+    assert q["calibration"] == {"name": "calib", "images": 24} and q["settings"]["method"] == "mse"
+    assert q["layers"] == {"int8_layers": 2, "requantized": 0, "float_layers": []}
+    assert any("24 images" in w for w in q["warnings"])  # fewer than edgecnn recommends, and said so
+    assert m.verification["status"] == "passed" and m.verification["outputs"][0]["top1_agreement"] == 1.0
+    # The .bin holds both layers' weights as int8 (ncnn's tag 0x000D4B38), then per-channel and input scales.
+    from edgecnn.compile import ncnn_int8
+
+    _, weights = ncnn_int8.read_model(out / PARAM, out / BIN)
+    assert [w[0].tag for w in weights if w] == [ncnn_int8.TAG_INT8] * 2
+    # (the 1x1 convolution has no bias: the colour model's is zero and the conversion drops it)
+    assert [[b.count for b in w] for w in weights if w] == [[9, 3, 1], [12, 4, 4, 1]]
+    assert r.bundle.manifest.tools["pnnx"] and not r.cached
+    session = open_session(load_bundle(out), threads=1)
+    assert session._net.opt.use_int8_inference
+    got = predict(session, images(6, seed=4))[0]
+    assert got.shape == (6, 4) and (got.argmax(1) == np.arange(6) % 3).all()
+    again = compile_model(files["model"], "host", backend="ncnn", precision="int8", calib=calib)
+    assert again.cached and (again.bundle.path / BIN).read_bytes() == (out / BIN).read_bytes()
+
+
+def test_int8_from_a_float_tflite_file(files, tmp_path):
+    """A .tflite keeps its NHWC input (pnnx's Permute first): calibration feeds images the way the session does."""
+    r = compile_model(files["tflite"]["fp32"], "a72", backend="ncnn", precision="int8",
+                      calib=QF.make_calibration(tmp_path / "calib", 12))
+    m = r.bundle.manifest
+    assert m.precision == "int8" and m.inputs[0].layout == "NHWC" and "Permute" in layers(r.bundle.path)
+    assert m.verification["status"] == "passed" and m.verification["quantization"]["layers"]["int8_layers"] == 2
+    assert m.backend_options["threads"] == 4 and m.backend_options["fp16_arithmetic"] is False
+
+
+def test_int8_needs_calibration_images_and_refuses_int8_files(files, bundles, tmp_path):
+    assert compiler("ncnn").precisions == ("fp32", "fp16", "int8") and compiler("ncnn").supports("int8")
+    with pytest.raises(DataError, match=r"int8 needs calibration images for .*--calib"):
         compile_model(files["model"], "a72", backend="ncnn", precision="int8", output_dir=tmp_path / "b")
     assert not (tmp_path / "b").exists()
+    with pytest.raises(DataError, match=r"calibration set 'demo-detection' is for detection, but .* classification"):
+        compile_model(files["model"], "host", backend="ncnn", precision="int8", calib="demo-detection")
+    int8_file = tmp_path / "colors_int8.tflite"  # a full-integer .tflite (tests/conftest.py's bundles)
+    int8_file.write_bytes((bundles["tflite-int8"] / "model.tflite").read_bytes())
+    F.sidecar(int8_file)
+    with pytest.raises(ModelError) as e:
+        compile_model(int8_file, "a72", backend="ncnn", precision="int8")
+    assert "\n" not in str(e.value)
+    assert str(e.value) == ("colors_int8.tflite is an int8 model; pnnx converts float graphs: run it with "
+                            "--backend tflite as it is, or give the float model")
 
 
 def test_missing_pnnx_is_one_tool_error(files, monkeypatch):
