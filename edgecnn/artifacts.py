@@ -84,6 +84,9 @@ class Manifest:
     tools: dict[str, str] = field(default_factory=dict)  # package -> version, for every tool used
     verification: dict[str, Any] = field(default_factory=dict)  # {"status", "mode", "max_abs_diff", "cosine", ...}
     build: dict[str, Any] = field(default_factory=dict)  # how it was built: {"tvm_target", "tuning": {...}}
+    # Integer-input models: how 8-bit pixels become the input without floats (edgecnn.runner.tensors.PixelInput):
+    # {"kind": "xor" | "lut" | "identity", "dtype": "int8"}; None: the runner normalises in float and quantises.
+    input_step: dict[str, Any] | None = None
     cache_key: str = ""
     format_version: int = FORMAT_VERSION
 

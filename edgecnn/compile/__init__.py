@@ -211,5 +211,19 @@ def _build(job, comp, key: str, folder: Path, work: Path, verify: bool) -> None:
         postprocess=dict(POSTPROCESS_DETECTION) if src.task == "detection" else None, backend_options=built.backend_options,
         source={"ref": src.ref, "format": src.kind, "sha256": src.sha256, "weights": src.weights},
         macs=src.macs, params=src.params, tools=built.tools, verification=checks, cache_key=key,
-        build={k: val for k, val in built.build.items() if k != "quantization"})
+        build={k: val for k, val in built.build.items() if k != "quantization"},
+        input_step=_input_step(src.preprocessing, built.inputs))
     write_manifest(folder, manifest)
+
+
+def _input_step(prep, inputs) -> dict | None:
+    """The pixel-to-input step of a one-image-input model with an integer input and known quantisation."""
+    import numpy as np
+
+    from edgecnn.runner.tensors import pixel_step_kind, pixel_table
+
+    if len(inputs) != 1 or np.dtype(inputs[0].dtype).kind not in "iu" or inputs[0].scale is None:
+        return None
+    spec = inputs[0]
+    table = pixel_table(prep.scale, prep.offset, np.dtype(spec.dtype), spec.scale, spec.zero_point or 0)
+    return {"kind": pixel_step_kind(table), "dtype": spec.dtype}

@@ -201,6 +201,12 @@ class Preprocessing:
 
     def __call__(self, path_or_image: str | os.PathLike | np.ndarray) -> tuple[np.ndarray, Transform]:
         """A file path or uint8 RGB HxWx3 array -> (float32 batch 1xHxWx3, Transform)."""
+        resized, transform = self.pixels(path_or_image)
+        return to_batch(normalize(resized, self.scale, self.offset)), transform
+
+    def pixels(self, path_or_image: str | os.PathLike | np.ndarray) -> tuple[np.ndarray, Transform]:
+        """The resized uint8 HxWx3 image in the model's channel order, before x * scale + offset: what an
+        integer-input model's pixel table (edgecnn.runner.tensors.PixelInput) takes."""
         if isinstance(path_or_image, (str, os.PathLike)):
             image = load_image(path_or_image)
         else:
@@ -211,5 +217,4 @@ class Preprocessing:
                 )
         if self.color == ColorOrder.BGR.value:
             image = image[..., ::-1]
-        resized, transform = resize(image, self.size, self.mode, self.pad_value)
-        return to_batch(normalize(resized, self.scale, self.offset)), transform
+        return resize(image, self.size, self.mode, self.pad_value)
