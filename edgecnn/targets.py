@@ -43,7 +43,7 @@ class Gpu:
 
 
 # The cost model's features (edgecnn.emulate.cost documents each).
-COST_FEATURES = ("vec_fmul", "vec_imul", "other", "l1_miss", "dram", "futex")
+COST_FEATURES = ("vec_fmul", "vec_imul", "other", "l1_miss", "traffic", "futex")
 
 
 @dataclass(frozen=True)

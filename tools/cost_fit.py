@@ -27,11 +27,11 @@ from edgecnn.emulate import cost  # noqa: E402
 MIN_NETWORKS = 4  # fewer and a left-out network is predicted by a fit on two or three: no check at all
 
 
-def cost_table(weights: dict, summary: dict, networks: list[str], board: str) -> str:
+def cost_table(weights: dict, summary: dict, networks: list[str], board: str, method: str) -> str:
     lines = ["# Predicted latency of emulated runs (edgecnn.emulate.cost): the guest profile's features x these",
              "# weights (ns each), fitted by tools/cost_fit.py on published benchncnn figures of this board",
-             f"# ({summary['points']} points: {', '.join(networks)}, 1 and/or 4 threads); the errors are",
-             "# leave-one-network-out (tools/cost_fit.md).",
+             f"# ({summary['points']} points: {', '.join(networks)}, 1 and/or 4 threads; fit: {method}); the",
+             "# errors are leave-one-network-out (tools/cost_fit.md).",
              "[cost]", 'runtime = "ncnn"',
              f"median_error = {summary['median']:.3f}", f"worst_error = {summary['worst']:.3f}",
              f'reference = "ncnn benchncnn on the {board} board ({summary["points"]} published figures, '
@@ -60,19 +60,18 @@ def main() -> None:
               "../shared/reference/benchncnn.md. *predicted* comes from a fit on every other network of the",
               "same board (the network's fp32 and int8 rows are left out together).", ""]
     for board in cost.BOARDS:
-        pts, measured = cost.board_points(doc, board, table)
-        networks = sorted({p["network"].removesuffix("_int8") for p in pts})
+        fitted = cost.fit_board(doc, board, table)
+        networks, rows, weights = fitted["networks"], fitted["rows"], fitted["weights"]
         if len(networks) < MIN_NETWORKS:
             print(f"{board}: {len(networks)} network(s) measured, {MIN_NETWORKS} needed to fit and check")
             continue
-        weights = cost.fit(pts, measured)
-        rows = cost.leave_one_out(pts, measured)
         summary = cost.error_summary(rows)
         by_threads = {t: cost.error_summary([r for r in rows if r["threads"] == t])
                       for t in sorted({r["threads"] for r in rows})}
         print(f"{board}: {summary['points']} points, LOO median {summary['median']:.1%}, worst "
               f"{summary['worst']:.1%}; weights {({k: round(v, 4) for k, v in weights.items()})}")
-        report += [f"## {board}", "", f"Weights (ns): " + ", ".join(f"{k} {v:.4g}" for k, v in weights.items()),
+        report += [f"## {board}", "", f"Fit: {fitted['method']}. Weights (ns): "
+                   + ", ".join(f"{k} {v:.4g}" for k, v in weights.items()),
                    "", f"Leave-one-out |error|: median {summary['median']:.1%}, worst {summary['worst']:.1%} "
                    f"({summary['points']} points); " + "; ".join(
                        f"{t} thread(s): median {s['median']:.1%}, worst {s['worst']:.1%}" for t, s in by_threads.items()),
@@ -82,7 +81,7 @@ def main() -> None:
                    f"{r['predicted']:.2f} | {r['error']:+.1%} |" for r in rows]
         report.append("")
         if not args.check:
-            write_toml(board, cost_table(weights, summary, networks, board))
+            write_toml(board, cost_table(weights, summary, networks, board, fitted["method"]))
     text = "\n".join(report) + "\n"
     print(text)
     if not args.check:

@@ -47,9 +47,16 @@ def measure(target, row: str, ref: str, threads: int, log) -> dict:
     from edgecnn.emulate.bundle import run_bundle_emulated
     from edgecnn.emulate.plugin import profile_args
 
+    from edgecnn.data.demo import demo_path
+    from edgecnn.zoo import parse_model_ref
+
     precision = bundle_precision(row, target.name)
+    calib = None
+    if precision == "int8":  # random weights: any images give ranges; a folder without labels fits any task
+        task = parse_model_ref(ref)[0].task
+        calib = "demo-classification" if task == "classification" else str(demo_path("detection", "val") / "images")
     built = compile_model(ref, target, backend="ncnn", precision=precision, weights="random", verify=False,
-                          calib="demo-classification" if precision == "int8" else None, log=log)
+                          calib=calib, log=log)
     inputs = inputs_for(built.bundle, None, 2)[1]
     cache = target.cache
     started = time.perf_counter()

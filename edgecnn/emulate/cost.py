@@ -8,9 +8,14 @@ per-board weight in nanoseconds:
     vec_imul   SIMD integer multiplies (SMLAL, SMULL, SDOT ...) on the busiest thread: int8 GEMMs
     other      every other instruction on the busiest thread
     l1_miss    L1 misses of the busiest thread (lines the core waits for from L2)
-    dram       L2 misses of all threads together: one L2 and one memory bus serve the whole cluster, so
-               this term does not shrink with more threads (why MobileNetV1 gains 2x from 4 threads, not 4x)
+    traffic    bytes loaded and stored by all threads together, in 64-byte lines: the cluster shares one
+               L2 and one memory bus, so this term does not shrink with more threads (why MobileNetV1 gains
+               2x from 4 threads, not 4x)
     futex      the busiest thread's futex calls: thread-pool wake-ups and barrier waits
+
+The L2 misses of all threads (`dram` in a row's features) were the first choice for the shared-memory
+term; on the Pi 4 table it left AlexNet at 4 threads 45% off when left out (its 240 MB of streamed
+fully-connected weights cost less per line than the other networks' misses), `traffic` 32%.
 
     predicted ms = sum(weight_ns x feature) / 1e6
 
@@ -76,13 +81,14 @@ def features(per_thread: list[dict[str, int]]) -> dict[str, float]:
     busiest = max(per_thread, key=lambda s: s["insn"])
     fmul, imul = busiest["vec_fmul"], busiest["vec_imul"]
     return {"vec_fmul": float(fmul), "vec_imul": float(imul), "other": float(busiest["insn"] - fmul - imul),
-            "l1_miss": float(busiest["l1_miss"]), "dram": float(sum(s["l2_miss"] for s in per_thread)),
-            "futex": float(busiest["futex"])}
+            "l1_miss": float(busiest["l1_miss"]),
+            "traffic": sum(s["load_bytes"] + s["store_bytes"] for s in per_thread) / 64.0,
+            "futex": float(busiest["futex"]), "dram": float(sum(s["l2_miss"] for s in per_thread))}
 
 
 def predict_ms(weights: dict[str, float], feats: dict[str, float]) -> float:
     """Predicted milliseconds: weights in ns per event."""
-    return sum(weights.get(k, 0.0) * feats[k] for k in FEATURES) / 1e6
+    return sum(w * feats[k] for k, w in weights.items()) / 1e6
 
 
 def nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -115,18 +121,21 @@ def fit(points: Iterable[dict], measured: dict, features_used: tuple[str, ...] =
     return {f: float(v) for f, v in zip(features_used, w)}
 
 
-def leave_one_out(points: list[dict], measured: dict, group=lambda p: p["network"].removesuffix("_int8"),
-                  features_used: tuple[str, ...] = FEATURES) -> list[dict]:
-    """Each point predicted by a fit on the points of every *other* network (fp32 and int8 of one network
-    are left out together): [{key, network, threads, precision, published, predicted, error}]."""
+def _network(point: dict) -> str:
+    return point["network"].removesuffix("_int8")
+
+
+def leave_one_out(points: list[dict], measured: dict, fitter=None) -> list[dict]:
+    """Each point predicted by a fit (`fitter`, default: fit) on the points of every *other* network (fp32
+    and int8 of one network are left out together): [{key, network, threads, precision, published,
+    predicted, error}]."""
+    fitter = fitter or fit
     out = []
-    for name in sorted({group(p) for p in points}):
-        train = [p for p in points if group(p) != name]
-        w = fit(train, measured, features_used)
+    for name in sorted({_network(p) for p in points}):
+        w = fitter([p for p in points if _network(p) != name], measured)
         for p in points:
-            if group(p) == name:
-                pred = predict_ms(w, p["features"])
-                pub = measured[p["key"]]
+            if _network(p) == name:
+                pred, pub = predict_ms(w, p["features"]), measured[p["key"]]
                 out.append({"key": p["key"], "network": p["network"], "threads": p["threads"],
                             "precision": p["precision"], "published": pub, "predicted": round(pred, 3),
                             "error": pred / pub - 1})
@@ -153,3 +162,38 @@ def error_summary(rows: list[dict]) -> dict[str, float]:
     """Median and worst absolute relative error."""
     errs = np.abs([r["error"] for r in rows])
     return {"median": float(np.median(errs)), "worst": float(np.max(errs)), "points": len(rows)}
+
+
+# A board with fewer points than this per feature gets the base board's weights times one fitted factor
+# (its clock, memory and core in one number) instead of a free fit: six free weights on four published
+# figures would fit anything and predict nothing.
+POINTS_PER_FEATURE = 2
+BASE_BOARD = "a72"
+
+
+def scaled_fit(base: dict[str, float]):
+    """A fit function for a thin board: `base` x one factor, least squares on relative error."""
+    def fit_scaled(points, measured):
+        pts = list(points)
+        ratio = np.array([predict_ms(base, p["features"]) / measured[p["key"]] for p in pts])
+        k = float(ratio.sum() / (ratio ** 2).sum())  # minimises sum (k * ratio - 1)^2
+        return {f: v * k for f, v in base.items()}
+    return fit_scaled
+
+
+def fit_board(doc: dict, board: str, table: dict | None = None) -> dict:
+    """The board's weights, its leave-one-network-out rows and how it was fitted:
+    {"weights", "rows", "points", "networks", "method"}; an empty board gives no weights."""
+    table = table or published()
+    pts, measured = board_points(doc, board, table)
+    networks = sorted({_network(p) for p in pts})
+    if not pts:
+        return {"weights": None, "rows": [], "points": pts, "networks": networks, "method": None}
+    if len(pts) >= POINTS_PER_FEATURE * len(FEATURES) or board == BASE_BOARD:
+        fitter, method = fit, "free"
+    else:
+        base = fit(*board_points(doc, BASE_BOARD, table))
+        fitter, method = scaled_fit(base), f"{BASE_BOARD} weights x one factor"
+    weights = fitter(pts, measured)
+    rows = leave_one_out(pts, measured, fitter)
+    return {"weights": weights, "rows": rows, "points": pts, "networks": networks, "method": method}

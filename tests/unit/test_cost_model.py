@@ -34,10 +34,12 @@ def test_bundle_precision_follows_benchncnn_defaults():
 
 
 def test_features_take_the_busiest_thread_and_all_threads_memory():
-    threads = [{"insn": 100, "vec_fmul": 60, "vec_imul": 0, "l1_miss": 5, "l2_miss": 2, "futex": 3},
-               {"insn": 140, "vec_fmul": 70, "vec_imul": 10, "l1_miss": 7, "l2_miss": 4, "futex": 1}]
+    threads = [{"insn": 100, "vec_fmul": 60, "vec_imul": 0, "l1_miss": 5, "l2_miss": 2, "futex": 3,
+                "load_bytes": 640, "store_bytes": 64},
+               {"insn": 140, "vec_fmul": 70, "vec_imul": 10, "l1_miss": 7, "l2_miss": 4, "futex": 1,
+                "load_bytes": 1280, "store_bytes": 0}]
     f = cost.features(threads)
-    assert f == {"vec_fmul": 70, "vec_imul": 10, "other": 60, "l1_miss": 7, "dram": 6, "futex": 1}
+    assert f == {"vec_fmul": 70, "vec_imul": 10, "other": 60, "l1_miss": 7, "traffic": 31, "futex": 1, "dram": 6}
     with pytest.raises(ValueError):
         cost.features([])
 
@@ -54,8 +56,8 @@ def test_nnls_recovers_non_negative_weights():
 
 
 def _loo(board):
-    pts, measured = cost.board_points(POINTS, board)
-    return pts, measured, cost.leave_one_out(pts, measured)
+    fitted = cost.fit_board(POINTS, board)
+    return fitted["points"], fitted, fitted["rows"]
 
 
 def test_pi4_leave_one_out_meets_the_goal_and_the_reported_band():
@@ -79,26 +81,33 @@ def test_toml_weights_are_the_fit_of_the_committed_points(board):
     target = get_target(board)
     if target.cost is None:
         pytest.skip(f"{board}: too few published networks measured to fit (tools/cost_fit.py says which)")
-    pts, measured, rows = _loo(board)
-    fresh = cost.fit(pts, measured)
-    for k, v in fresh.items():
+    pts, fitted, rows = _loo(board)
+    for k, v in fitted["weights"].items():
         assert target.cost.weights_ns.get(k, 0.0) == pytest.approx(v, rel=1e-3, abs=1e-6), k
     s = cost.error_summary(rows)
     assert target.cost.median_error == pytest.approx(s["median"], abs=1e-3)
     assert target.cost.worst_error == pytest.approx(s["worst"], abs=1e-3)
 
 
-def test_int8_over_fp32_goes_the_published_way():
-    """Every network with a published int8 figure: the predicted int8/fp32 ratio is on the same side of 1."""
+def test_int8_over_fp32_is_predicted():
+    """Every network with a published int8 figure, left out of the fit: on the Pi 4 (a free fit) the
+    predicted int8/fp32 ratio is within 0.2 of the published one (an instruction count alone says 1.08 for
+    MobileNetV1 on the A72, published 0.68 at 1 thread); on a board fitted as the Pi 4's weights times one
+    factor, it at least goes the published way."""
     table = cost.published()
+    checked = 0
     for board in cost.BOARDS:
-        pts, measured, rows = _loo(board)
-        if not rows:
-            continue
+        _, fitted, rows = _loo(board)
         pred = {(r["network"], r["threads"]): r["predicted"] for r in rows}
         for (net, threads), p_int8 in pred.items():
-            if not net.endswith("_int8") or (net.removesuffix("_int8"), threads) not in pred:
+            base = net.removesuffix("_int8")
+            if net == base or (base, threads) not in pred:
                 continue
-            p_fp32 = pred[(net.removesuffix("_int8"), threads)]
-            pub = table[board][net][threads] / table[board][net.removesuffix("_int8")][threads]
-            assert (p_int8 / p_fp32 < 1) == (pub < 1), (board, net, threads, p_int8 / p_fp32, pub)
+            ratio = p_int8 / pred[(base, threads)]
+            published_ratio = table[board][net][threads] / table[board][base][threads]
+            if fitted["method"] == "free":
+                assert abs(ratio - published_ratio) <= 0.2, (board, net, threads, ratio, published_ratio)
+            else:
+                assert (ratio < 1) == (published_ratio < 1), (board, net, threads, ratio, published_ratio)
+            checked += 1
+    assert checked >= 8  # the Pi 4's four int8 networks at 1 and 4 threads

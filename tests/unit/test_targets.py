@@ -1,12 +1,14 @@
 """Targets: every built-in file loads; the schema rejects bad files with the file and key named."""
 
 import dataclasses
+import re
 
 import pytest
 
 from edgecnn.errors import TargetError
 from edgecnn.kinds import Backend
-from edgecnn.targets import builtin_targets_dir, get_target, host_arch, host_target, list_targets, load_target_file
+from edgecnn.targets import (COST_FEATURES, builtin_targets_dir, get_target, host_arch, host_target, list_targets,
+                             load_target_file)
 
 A72 = (builtin_targets_dir() / "a72.toml").read_text()
 
@@ -55,7 +57,8 @@ def test_cost_model_and_caches_of_the_pi_targets():
     cost = get_target("a72").cost
     assert cost is not None and cost.runtime == "ncnn" and "benchncnn" in cost.reference
     assert 0 < cost.median_error <= cost.worst_error < 1
-    assert 0.2 < cost.weights_ns["vec_fmul"] < 2  # about a cycle of the A72's 1.8 GHz per SIMD multiply
+    assert set(cost.weights_ns) <= set(COST_FEATURES) and all(w >= 0 for w in cost.weights_ns.values())
+    assert any(w > 0 for w in cost.weights_ns.values())
     assert get_target("a72").cache.l1 == (32768, 2) and get_target("a72").cache.l2 == (1 << 20, 16)
     assert get_target("a53").cache.l2 == (512 << 10, 16)
     assert get_target("host").cost is None and get_target("host").cache is None  # measured, nothing to predict
@@ -90,7 +93,7 @@ def test_user_file_by_path(tmp_path):
     (lambda s: s + "[gpu]\nname = \"x\"\n", r"\[gpu\]: missing required key 'arch'"),
     (lambda s: s + "name = \n", "not valid TOML"),
     (lambda s: s.replace("[cost.weights_ns]\n", "[cost.weights_ns]\nturbo = 1.0\n"), "unknown feature 'turbo'"),
-    (lambda s: s.replace("[cost.weights_ns]\n", "[cost.weights_ns]\nfutex = -1.0\n"), "must be a number >= 0"),
+    (lambda s: re.sub(r"(?m)^futex = .*$", "futex = -1.0", s), "must be a number >= 0"),
     (lambda s: s.replace('runtime = "ncnn"\n', ""), r"\[cost\]: missing required key 'runtime'"),
     (lambda s: s.replace("l1 = [32768, 2]", "l1 = [30000, 2]"), r"\[cache\]: 'l1' must be \[bytes, ways\]"),
     (lambda s: s.replace("l2 = [1048576, 16]", 'l2 = "1M"'), r"\[cache\]: 'l2' must be"),
