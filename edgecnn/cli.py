@@ -310,8 +310,9 @@ def quantize_cmd(model, calib, backend, per_channel, method, io, max_drop, fallb
 @click.option("--backend", type=choice(Backend), default=None,
               help="Runtime to compile for [default: the target's first runtime].")
 @click.option("--precision", type=choice(Precision), default=None,
-              help="fp16: tflite float16 weights; int8: tflite/onnx through edgecnn quantize, or an int8 file "
-                   "[default: a model file's own precision, fp32 for Keras and zoo models].")
+              help="fp16: tflite/ncnn float16 weights; int8: tflite/onnx through edgecnn quantize, ncnn through its "
+                   "own calibration table, or an int8 file [default: a model file's own precision, fp32 for Keras "
+                   "and zoo models].")
 @click.option("--tune", is_flag=True, help="TVM: tune with MetaSchedule (host only; records kept and reused).")
 @click.option("--trials", type=click.IntRange(min=1), default=2000, show_default=True,
               help="Total MetaSchedule trials for the tuning database of this model and target.")

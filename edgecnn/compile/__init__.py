@@ -77,8 +77,8 @@ def compile_model(model: str | Path, target, *, backend: str | None = None, prec
     model: zoo reference (NAME or NAME:key=value; `weights` demo/random/imagenet/.weights.h5), a
     .keras/.h5 file, an .onnx or a .tflite file (files take preprocessing etc. from a <model>.json
     sidecar). target: a name, alias, .toml path or Target. backend: tflite | onnx | tvm | ncnn, default the
-    target's first backend. precision: fp32 | fp16 (tflite) | int8 (tflite, onnx; through
-    edgecnn.quantize, or an already-int8 file); default: a model file's own precision (what the backend
+    target's first backend. precision: fp32 | fp16 (tflite, ncnn) | int8 (tflite, onnx through
+    edgecnn.quantize; ncnn through compile/ncnn_int8; or an already-int8 file); default: a model file's own precision (what the backend
     makes of it), fp32 for Keras models. tune/trials: MetaSchedule for tvm on the host.
     calib: calibration set for int8 (default for demo models: demo-<task>), also the verification
     images. output_dir: where the bundle folder goes (default: it stays in the cache).
