@@ -1,12 +1,16 @@
 """Tuned TVM vs TFLite/XNNPACK on this machine, side by side in one run.
 
-    python tools/tune_ratio.py [--model mobilenet_v2] [--trials 400] [--threads N] [--runs 200]
+    python tools/tune_ratio.py [--model mobilenet_v2] [--weights demo] [--trials 400] [--threads N] [--runs 200]
+
+    e.g. the full-size model: --model "mobilenet_v2:alpha=1.0,size=224,classes=10" --weights random
 
 Compiles three host bundles through edgecnn.compile (TFLite fp32, TVM untuned,
 TVM tuned with MetaSchedule; the tuning database is reused across runs), then
 times each bundle's inference in this process with the same thread count,
 interleaving the three so background load hits them alike, and prints the
-median latencies and the ratio tuned-TVM / TFLite (below 1.0: TVM is faster).
+median latencies and the ratio tuned-TVM / TFLite (below 1.0: TVM is faster),
+with the load average before and after (other users' work on a shared machine
+slows tuning and timing alike, so figures from a loaded run are not comparable).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mobilenet_v2")
+    p.add_argument("--weights", default="demo", help="demo, random, imagenet or a .weights.h5 file (compile_model's)")
     p.add_argument("--trials", type=int, default=400)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--runs", type=int, default=200, help="timed inferences per bundle (in rounds of 20)")
@@ -35,12 +40,13 @@ def main() -> None:
     from edgecnn.errors import EdgecnnError
 
     log = lambda msg: print(f"  {msg}", file=sys.stderr)  # noqa: E731
+    load_before = os.getloadavg()
     bundles, not_tuned = {}, None
     for label, kw in (("tflite", {"backend": "tflite"}), ("tvm untuned", {"backend": "tvm"}),
                       ("tvm tuned", {"backend": "tvm", "tune": True, "trials": args.trials})):
         t0 = time.perf_counter()
         try:
-            r = compile_model(args.model, "host", log=log, **kw)
+            r = compile_model(args.model, "host", weights=args.weights, log=log, **kw)
         except EdgecnnError as e:  # tuning can be refused (e.g. MetaSchedule broken here): measure the rest
             not_tuned = f"{label}: {e}"
             print(f"{label}: not built: {e}", file=sys.stderr)
@@ -64,15 +70,23 @@ def main() -> None:
                 run()
                 times[label].append((time.perf_counter() - t) * 1000)
     med = {label: statistics.median(v) for label, v in times.items()}
-    print(f"\n{args.model} on host, {args.threads} threads, median of {len(times['tflite'])} runs each")
+    load_after = os.getloadavg()
+    print(f"\n{args.model} on host, {args.threads} threads, median of {len(times['tflite'])} runs each; load average "
+          f"(1/5/15 min) {'/'.join(f'{x:.2f}' for x in load_before)} at start, "
+          f"{'/'.join(f'{x:.2f}' for x in load_after)} at the end ({os.cpu_count()} cores)")
     for label in runners:
         print(f"  {label:12s} {med[label]:8.3f} ms   ({med[label] / med['tflite']:.2f}x TFLite)")
     if not_tuned:
         print(f"  no tuned bundle: {not_tuned}")
         print(f"ratio untuned TVM / TFLite-XNNPACK = {med['tvm untuned'] / med['tflite']:.2f}x (tuned: not measured)")
         return
-    print(f"  tuning: {tuning.get('records')} records for --trials {args.trials} "
-          f"({tuning.get('tuning_seconds')} s tuning this run), database {tuning.get('database')}")
+    new = (tuning.get("records") or 0) - (tuning.get("records_before") or 0)
+    per_trial = f", {tuning['tuning_seconds'] / new:.2f} s per new trial" if new > 0 else ""
+    print(f"  tuning: {tuning.get('records')} records for --trials {args.trials} over {tuning.get('tasks')} tasks "
+          f"({tuning.get('tuning_seconds')} s tuning this run for {new} new{per_trial}), "
+          f"database {tuning.get('database')}")
+    if tuning.get("rejected_schedules"):
+        print(f"  kept untuned (tuned schedule computed wrong results): {', '.join(tuning['rejected_schedules'])}")
     print(f"ratio tuned TVM / TFLite-XNNPACK = {med['tvm tuned'] / med['tflite']:.2f}x "
           f"(untuned {med['tvm untuned'] / med['tflite']:.2f}x)")
 

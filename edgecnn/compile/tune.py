@@ -8,18 +8,32 @@ keeps what it measured, and the next run tunes only the trials still missing
 (`--trials` is the total budget for the database, not per call).
 
 Candidates are measured where the code will run. On the host that is this
-machine (MetaSchedule's local builder and runner); a board would need TVM's RPC
-runner and a device connection, which compile does not have, so tuning for a
-board is refused with that reason rather than tuned on the wrong CPU.
+machine (MetaSchedule's local runner); a board would need TVM's RPC runner and
+a device connection, which compile does not have, so tuning for a board is
+refused with that reason rather than tuned on the wrong CPU.
+
+Where a candidate's time went in apache-tvm 0.27 (2-core x86 host): MetaSchedule's
+LocalBuilder starts new workers for every batch, and its build imports every target's
+tensor intrinsics (TVMScript parsing, 15-20 s per worker and batch) to compile one
+task's PrimFunc in 0.01-0.3 s. Here the builder keeps its workers and skips that
+import, and the main process registers only the host's intrinsics. Next came the
+evolutionary search at a population of 512 for batches of 1-2 (now sized to the
+batch), and XGBoost trainings of a model unused before 100 measurements (now skipped).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import importlib.util
 import json
+import os
+import platform
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,9 +43,21 @@ from edgecnn.paths import cache_dir
 RECORDS = "database_tuning_record.json"
 WORKLOADS = "database_workload.json"
 DEFAULT_TRIALS = 2000
-TRIALS_PER_ITER = 64
+TRIALS_PER_ITER = 64  # largest batch (MetaSchedule's default)
+# Evolutionary search evolves a whole population per batch however few candidates it needs (10-30 s for a
+# MobileNetV2 conv on 2 cores at MetaSchedule's 512): 8 per candidate wanted, between 64 and that default.
+POPULATION_PER_TRIAL = 8
+POPULATION_RANGE = (64, 512)
 TUNING_SEED = 0  # the same candidates for the same model on every run (measurements still vary)
-BUILD_TIMEOUT_S = 180.0  # per candidate build; MetaSchedule's default 30 s fails them all under load
+# Per candidate. A build is 0.01-0.3 s once the worker runs (its first also imports tvm, 2-5 s under load);
+# a run is MetaSchedule's 1 warm-up + 3 timed calls, at least 100 ms. What takes longer is a pathological
+# schedule, and the timeout only bounds the time lost on it.
+BUILD_TIMEOUT_S = 60.0
+RUN_TIMEOUT_S = 60.0
+WORKER_USES = 256  # builds per worker process before a fresh one (TVM notes leaks in long-lived workers)
+INTRINSICS = "tvm.s_tir.tensor_intrin"
+# The intrinsics that MetaSchedule's default rules for this host's CPU look up (VNNI/AVX-512 dot products).
+HOST_INTRINSICS = {"x86_64": ("x86",), "amd64": ("x86",)}
 
 
 def check_tunable(target) -> None:
@@ -59,11 +85,13 @@ _PROBE = """
 import tvm
 from tvm import te
 from tvm.s_tir import meta_schedule as ms
+from edgecnn.compile.tune import host_intrinsics
 A = te.placeholder((8, 8), name="A")
 B = te.compute((8, 8), lambda i, j: A[i, j] * 2.0, name="B")
-ms.TuneContext(mod=tvm.IRModule({"main": te.create_prim_func([A, B])}), target=tvm.target.Target(
-    {"kind": "llvm", "num-cores": 1}), space_generator="post-order-apply", search_strategy="evolutionary",
-    task_name="probe").clone()
+with host_intrinsics():
+    ms.TuneContext(mod=tvm.IRModule({"main": te.create_prim_func([A, B])}), target=tvm.target.Target(
+        {"kind": "llvm", "num-cores": 1}), space_generator="post-order-apply", search_strategy="evolutionary",
+        task_name="probe").clone()
 """
 
 
@@ -82,12 +110,29 @@ def _probe_meta_schedule() -> str | None:
     return f"MetaSchedule fails creating a tuning task: {(lines or ['no message'])[-1][:200]}"
 
 
-def tuning_dir(source_sha256: str, tvm_target: dict) -> Path:
-    """The database folder for a model on a completed TVM target."""
+def tuning_dir(source, tvm_target: dict) -> Path:
+    """The database folder for a model (SourceModel) on a completed TVM target."""
     import tvm
 
-    text = json.dumps({"model": source_sha256, "target": tvm_target, "tvm": tvm.__version__}, sort_keys=True)
+    text = json.dumps({"model": kernels_key(source), "target": tvm_target, "tvm": tvm.__version__}, sort_keys=True)
     return cache_dir("tuning", hashlib.sha256(text.encode()).hexdigest()[:24])
+
+
+def kernels_key(source) -> str:
+    """What decides the kernels to tune: a Keras model's architecture and input, not its weights.
+
+    Weights are the kernels' arguments, so records fit every set of them; and `weights="random"` gives
+    another source hash on every load, which would start a fresh database each time (no resume).
+    Records only ever apply to structurally equal kernels, so a key shared too widely costs nothing.
+    Model files are keyed by their own hash.
+    """
+    if source.kind != "keras" or source.keras_model is None:
+        return source.sha256
+    from edgecnn.source import architecture
+
+    basis = {"architecture": architecture(source.keras_model), "shape": list(source.static_shape),
+             "layout": source.layout}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def record_count(folder: Path) -> int:
@@ -114,8 +159,7 @@ def tuned_build(job, mod, target, target_dict: dict):
     `target_dict` is the completed TVM target in dict form (compile.tvm), which keys the database.
 
     The steps of 0.27's static-shape flow (relax.get_pipeline("static_shape_tuning")), with
-    MetaSchedule called directly so that its builder gets BUILD_TIMEOUT_S: the default 30 s
-    fails every candidate on a busy 2-core machine ("Build errors" and nothing measured).
+    MetaSchedule called directly so that it gets this module's builder and timeouts.
     Functions the database does not cover keep TVM's default schedule.
     """
     import tvm
@@ -124,7 +168,7 @@ def tuned_build(job, mod, target, target_dict: dict):
 
     if job.trials < 1:
         raise EdgecnnError(f"--trials must be at least 1, got {job.trials}")
-    folder = tuning_dir(job.source.sha256, target_dict)
+    folder = tuning_dir(job.source, target_dict)
     before = record_count(folder)
     remaining = max(0, job.trials - before)
     lower = tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(),
@@ -132,16 +176,11 @@ def tuned_build(job, mod, target, target_dict: dict):
     with target:
         lowered = lower(mod)
     tasks = ms.relax_integration.extract_tasks(lowered, target)
-    # Spread the budget over every task: with only a global limit, MetaSchedule may leave tasks untuned.
-    per_task = max(1, -(-remaining // max(1, len(tasks))))
     started = time.perf_counter()
     if remaining:
         job.log(f"tvm: tuning {remaining} trials over {len(tasks)} tasks with MetaSchedule "
                 f"({before} records reused) in {folder}")
-        ms.relax_integration.tune_relax(
-            lowered, params={}, target=target, work_dir=str(folder), max_trials_global=remaining,
-            max_trials_per_task=per_task, num_trials_per_iter=min(TRIALS_PER_ITER, per_task),
-            builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S), seed=TUNING_SEED)
+        tune_tasks(tasks, folder, remaining, seed=TUNING_SEED + before)
     else:
         job.log(f"tvm: database already holds {before} records (>= {job.trials} trials): no new tuning")
     tune_seconds = time.perf_counter() - started
@@ -155,6 +194,147 @@ def tuned_build(job, mod, target, target_dict: dict):
     facts = {"trials": job.trials, "tasks": len(tasks), "records_before": before, "records": record_count(folder),
              "tuning_seconds": round(tune_seconds, 1), "database": str(folder), "rejected_schedules": rejected}
     return executable, facts
+
+
+def tune_tasks(tasks: list, folder: Path, trials: int, seed: int = TUNING_SEED, workers: int | None = None) -> None:
+    """Measure `trials` more candidates for MetaSchedule's extracted `tasks`, records appended in `folder`.
+
+    MetaSchedule's gradient scheduler first gives every task one batch, in turn, then the rest of the
+    budget to the tasks whose weighted latency drops fastest. Batches are sized so that the first round
+    takes about half of `trials`: every task gets tuned (a whole round of larger batches could exhaust
+    the budget before the last tasks), and the heavy convolutions get the other half. The seed is the
+    caller's: tuned_build moves it on by the records already there, so a resumed run does not replay
+    the first run's random candidates (MetaSchedule only skips what it measured itself).
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    per_iter = max(1, min(TRIALS_PER_ITER, trials // (2 * max(1, len(tasks)))))
+    low, high = POPULATION_RANGE
+    population = max(low, min(high, POPULATION_PER_TRIAL * per_iter))
+    strategy = ms.search_strategy.EvolutionarySearch(population_size=population)
+    with host_intrinsics():
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            tasks, work_dir=str(folder), strategy=strategy, seed=seed)
+    cores = os.cpu_count() or 1
+    builder = pooled_builder(workers or cores)
+    runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+    cost_model = _warm_xgb_class()(num_tuning_cores=cores, tree_method="auto")
+    try:
+        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(folder), max_trials_global=trials,
+                      max_trials_per_task=trials, num_trials_per_iter=per_iter, builder=builder, runner=runner,
+                      cost_model=cost_model)
+    finally:
+        builder.close()
+        runner.pool.shutdown()
+
+
+@contextmanager
+def host_intrinsics():
+    """Within: `import tvm.s_tir.tensor_intrin` registers only the tensor intrinsics of this host's CPU.
+
+    TuneContext imports the whole package, which parses every target's intrinsics as TVMScript
+    (15-20 s on a busy 2-core machine, most of it CUDA's); tuning here needs the host's only. The
+    package is entered in sys.modules without running its __init__, the host's submodules are
+    imported into it, and it is taken out again on the way out, so a later import gets the full
+    package (and reuses the host submodules already registered). Other hosts import everything.
+    """
+    parts = HOST_INTRINSICS.get(platform.machine().lower())
+    if INTRINSICS in sys.modules or not parts:
+        yield
+        return
+    spec = importlib.util.find_spec(INTRINSICS)
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[INTRINSICS] = package
+    try:
+        for part in parts:
+            importlib.import_module(f"{INTRINSICS}.{part}")
+        yield
+    finally:
+        if sys.modules.get(INTRINSICS) is package:
+            del sys.modules[INTRINSICS]
+
+
+def build_candidate(mod, target) -> str:
+    """Compile one candidate (a task's single-PrimFunc module) to a shared library; its path.
+
+    Runs in a builder worker. MetaSchedule's default_build first imports every target's tensor
+    intrinsics, which an applied schedule does not need (tensorize has inlined their bodies). Linking
+    here, in parallel workers, spares the one runner worker from linking a .tar artifact first.
+    """
+    from tvm.driver import build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    lib = build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+    # Named like edgecnn's other temporaries, so a sweep removes what a killed worker leaves behind;
+    # MetaSchedule removes the folder once the candidate is measured.
+    path = os.path.join(tempfile.mkdtemp(prefix=f"edgecnn-candidate-{os.getpid()}-"), "candidate.so")
+    lib.export_library(path)
+    return path
+
+
+def _build_packed(args: tuple) -> str:
+    return build_candidate(*args)
+
+
+def pooled_builder(workers: int):
+    """A MetaSchedule builder whose `workers` processes live for the whole tuning run (close() ends them)."""
+    return _pooled_builder_class()(workers)
+
+
+@lru_cache(maxsize=1)
+def _pooled_builder_class():
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class _PooledBuilder(PyBuilder):
+        def __init__(self, workers: int):
+            super().__init__()
+            self.pool = PopenPoolExecutor(max_workers=workers, timeout=BUILD_TIMEOUT_S,
+                                          maximum_process_uses=WORKER_USES)
+
+        def build(self, build_inputs):
+            results = []
+            for done in self.pool.map_with_error_catching(_build_packed,
+                                                          [(b.mod, b.target) for b in build_inputs]):
+                if done.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(done.value, None))
+                elif done.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"build timed out after {BUILD_TIMEOUT_S:.0f} s"))
+                else:
+                    results.append(BuilderResult(None, f"build failed: {done.value}"))
+            return results
+
+        def close(self):
+            self.pool.shutdown()
+
+    return _PooledBuilder
+
+
+@lru_cache(maxsize=1)
+def _warm_xgb_class():
+    """MetaSchedule's XGBoost cost model, not trained before it has num_warmup_samples measurements.
+
+    Until then its predict() returns random scores whatever it learnt, yet its update() retrains after
+    every batch that grows the data by a fifth: every batch, early on. Each training is 75+ boosting
+    rounds with Python metrics, 4-12 s on a busy 2-core machine, and those trainings were most of a
+    64-trial MobileNetV2 run. The measurements are kept, and the first training happens once there
+    are enough of them, so the search sees the same predictions as before. (XGBModel._cls is how TVM
+    says to subclass it; _train and the counters are those of the pinned 0.27.)
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.cost_model import XGBModel
+
+    @derived_object
+    class _WarmXGBModel(XGBModel._cls):
+        def _train(self, xs, ys):
+            if self.data_size < self.num_warmup_samples:
+                self.last_train_size = 0  # so that the update reaching the warm-up size trains
+                return
+            super()._train(xs, ys)
+
+    return _WarmXGBModel
 
 
 def reject_wrong_schedules(lowered, tuned, target) -> list[str]:

@@ -1,6 +1,6 @@
 """TVM backend (apache-tvm 0.27, Relax): a shared library for the target, run by TVM's Relax VM.
 
-    Keras --tf2onnx--> ONNX --relax.frontend.onnx--> IRModule --tvm.compile--> model.so
+    Keras --tf2onnx--> ONNX --bind, onnxslim--> ONNX --relax.frontend.onnx--> IRModule --tvm.compile--> model.so
 
 The module takes one NHWC float32 image (batch 1) and its weights are bound as
 constants, so the runner calls `vm["main"](x)` and nothing else. Targets are
@@ -84,7 +84,7 @@ def tvm_target_dict(target) -> dict:
 def tools(job: Job) -> dict[str, str]:
     dists = ["apache-tvm", "apache-tvm-ffi", "onnx"]
     if job.source.kind == "keras":
-        dists += ["tf2onnx", "tensorflow", "tensorflow-cpu"]
+        dists += ["tf2onnx", "tensorflow", "tensorflow-cpu", "onnxslim"]
     if job.source.kind == "tflite":
         dists.append("tflite")
     commands = [job.target.cross_compiler] if _cross(job.target) else []
@@ -112,36 +112,28 @@ def import_module(job: Job, work: Path):
         job.log(f"tvm: exporting {src.name} to ONNX (tf2onnx)")
         path = onnx_float(src.keras_model, work / "float.onnx")
     else:
-        path = src.path
+        path = src.path  # intake has bound and simplified it already
     model = onnx.load(str(path))
     weights = {i.name for i in model.graph.initializer}
     inputs = [v for v in model.graph.input if v.name not in weights]
     if len(inputs) != 1:
         raise ModelError(f"{src.name} has {len(inputs)} inputs; edgecnn compiles single-input image models")
+    if src.kind == "keras":
+        from edgecnn.frameworks.onnx_graph import bind_and_simplify
+
+        # Bound to batch 1 and simplified by onnxslim, as intake does for ONNX sources. Relax cannot take
+        # tf2onnx's computed Reshape targets (Shape -> Concat) in some exports, and the explicit Pad that
+        # tf2onnx puts before each stride-2 depthwise convolution would be fused into the producing conv's
+        # kernel, whose MetaSchedule schedules in 0.27 mostly leave the padded border unwritten
+        # (reject_wrong_schedules then keeps that kernel untuned); onnxslim folds it into the convolution.
+        for note in bind_and_simplify(path, work / "simplified.onnx", src.static_shape):
+            job.log(f"tvm: {note}")
+        model = onnx.load(str(work / "simplified.onnx"))
     from tvm.relax.frontend.onnx import from_onnx
 
     job.log("tvm: importing the ONNX graph into Relax")
     shape = {inputs[0].name: src.static_shape}
-    graph = {"model": model}
-
-    def attempt():
-        try:
-            return from_onnx(graph["model"], shape_dict=shape)
-        except TypeError as e:
-            if src.kind != "keras":
-                raise
-            # tf2onnx leaves a Reshape's target as a computed (Shape -> Concat) tensor in some exports, which
-            # Relax cannot take: import the same graph bound to batch 1 and constant-folded by onnxslim.
-            from edgecnn.frameworks.onnx_graph import bind_and_simplify
-
-            job.log(f"tvm: the tf2onnx graph does not import as it is ({_first_line(e)}); importing it "
-                    "constant-folded (onnxslim)")
-            bind_and_simplify(path, work / "folded.onnx", src.static_shape)
-            graph["model"] = onnx.load(str(work / "folded.onnx"))
-            return from_onnx(graph["model"], shape_dict=shape)
-
-    mod = _imported(attempt, src.name, "ONNX")
-    model = graph["model"]
+    mod = _imported(lambda: from_onnx(model, shape_dict=shape), src.name, "ONNX")
     return mod, [o.name for o in model.graph.output]
 
 
@@ -410,7 +402,7 @@ class TvmCompiler(Compiler):
         if job.tune:
             from edgecnn.compile.tune import database_state, tuning_dir
 
-            folder = tuning_dir(job.source.sha256, parts["tvm_target"])
+            folder = tuning_dir(job.source, parts["tvm_target"])
             parts["tuning"] = {"trials": job.trials, "database": database_state(folder)}
         return parts
 

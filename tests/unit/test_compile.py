@@ -201,17 +201,60 @@ def test_cli_json_output(files, tmp_path, capsys):
     assert np.isclose(data["manifest"]["verification"]["cosine"], 1.0)
 
 
+def _one_kernel_onnx(folder: Path) -> Path:
+    """The smallest model that tunes: one MatMul over the channels, so MetaSchedule has exactly one task."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 32, 32, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 32, 4])
+    w = numpy_helper.from_array(np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["y"])], "mix", [x], [y], initializer=[w])
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "mix.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    F.sidecar(path, task="generic")
+    return path
+
+
 @pytest.mark.slow
-def test_tuning_records_persist_and_resume(files, tmp_path):
-    """A real (tiny) MetaSchedule run on the host: records land in the cache and a larger budget resumes."""
-    first = _compile(files, "host", tmp_path / "t1", backend="tvm", tune=True, trials=2)
+def test_tuning_records_persist_and_resume(tmp_path):
+    """A real MetaSchedule run on the host: records land in the cache, the same call reuses the tuned bundle,
+    and a larger budget tunes only what is missing on top of the records already there."""
+    from edgecnn.compile.tune import RECORDS, record_count
+
+    model = _one_kernel_onnx(tmp_path / "m")
+    first = compile_model(model, "host", backend="tvm", tune=True, trials=2, output_dir=tmp_path / "t1")
     tuning = first.bundle.manifest.build["tuning"]
-    assert tuning["records_before"] == 0 and tuning["records"] >= 1 and tuning["tasks"] >= 1
-    assert first.bundle.manifest.verification["status"] == "passed"
-    again = _compile(files, "host", tmp_path / "t2", backend="tvm", tune=True, trials=2)
-    assert again.cached  # same model, target and database: the tuned bundle is reused
-    more = _compile(files, "host", tmp_path / "t3", backend="tvm", tune=True, trials=tuning["records"] + 1)
-    assert not more.cached and more.bundle.manifest.build["tuning"]["records_before"] == tuning["records"]
+    assert tuning["tasks"] == 1 and tuning["records_before"] == 0 and tuning["records"] == 2
+    assert first.bundle.manifest.verification["status"] == "passed" and not tuning["rejected_schedules"]
+    database = Path(tuning["database"])
+    kept = (database / RECORDS).read_text().splitlines()
+    assert record_count(database) == 2 and all(json.loads(line) for line in kept)
+
+    again = compile_model(model, "host", backend="tvm", tune=True, trials=2, output_dir=tmp_path / "t2")
+    assert again.cached  # same model, target and database: the tuned bundle is reused, nothing tuned
+    assert (database / RECORDS).read_text().splitlines() == kept
+
+    more = compile_model(model, "host", backend="tvm", tune=True, trials=4, output_dir=tmp_path / "t3")
+    resumed = more.bundle.manifest.build["tuning"]
+    assert not more.cached and resumed["database"] == tuning["database"]
+    assert resumed["records_before"] == 2 and resumed["records"] == 4  # 2 new trials, not 4
+    assert (database / RECORDS).read_text().splitlines()[:2] == kept  # appended, the old records untouched
+    assert more.bundle.manifest.verification["status"] == "passed"
+
+
+def test_tuning_database_is_keyed_by_the_kernels_not_the_weights(tmp_path):
+    # weights="random" hashes differently on every load: keyed by it, no run could resume another's records.
+    from edgecnn.compile.tune import kernels_key
+    from edgecnn.source import load_source
+
+    a, b = (load_source(F.Q.save_model(tmp_path / name, model)) for name, model in (
+        ("a", F.Q.color_model()), ("b", F.Q.color_model(fragile=True))))
+    assert a.sha256 != b.sha256 and kernels_key(a) == kernels_key(b)  # same layers, other weights
+    assert kernels_key(load_source(F.detector(tmp_path / "d"))) != kernels_key(a)  # other layers
+    onnx_model = load_source(_one_kernel_onnx(tmp_path / "m"))
+    assert kernels_key(onnx_model) == onnx_model.sha256
 
 
 def test_zoo_model_hash_does_not_depend_on_what_the_process_built_before():
