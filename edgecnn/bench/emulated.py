@@ -62,7 +62,8 @@ def prediction(target, backend: str, profile: list) -> dict[str, Any]:
         return {"predicted_latency_ms": None}
     feats = features(list(profile[-1].values()))
     scale = (f"fitted on published {cost.runtime} figures" if backend == cost.runtime else
-             f"{backend} counts on a {cost.runtime}-fitted scale: no published {backend} figure checks it")
+             f"{backend} counts on a scale fitted to published {cost.runtime} figures: no published {backend} "
+             "figure checks it")
     return {"predicted_latency_ms": round(predict_ms(cost.weights_ns, feats), 3),
             "prediction": {"error_band": {"median": cost.median_error, "worst": cost.worst_error},
                            "scale": scale, "features": {k: int(v) for k, v in feats.items()}}}
