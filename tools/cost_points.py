@@ -69,20 +69,9 @@ def measure(target, row: str, ref: str, threads: int, log) -> dict:
             "guest_seconds": round(time.perf_counter() - started, 1), "per_thread": per_thread}
 
 
-def networks() -> dict[str, str]:
-    """benchncnn network name -> zoo reference."""
-    nets = {"mobilenet": "mobilenet_v1:alpha=1.0,size=224,classes=1000",
-            "mobilenet_v2": "mobilenet_v2:alpha=1.0,size=224,classes=1000",
-            "mobilenet_v3": "mobilenet_v3_large:size=224,classes=1000"}
-    try:
-        from edgecnn.zoo.benchnets import BENCHNCNN_NETWORKS
-    except ImportError:
-        return nets
-    return {**nets, **BENCHNCNN_NETWORKS}
-
-
 def main() -> None:
     from edgecnn.targets import get_target
+    from edgecnn.zoo.benchnets import BENCHNCNN_NETWORKS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", default=",".join(BOARDS))
@@ -93,7 +82,6 @@ def main() -> None:
     doc = load_points()
     table = published()
     wanted = [n for n in args.networks.split(",") if n]
-    BENCHNCNN_NETWORKS = networks()
     for name in args.targets.split(","):
         target = get_target(name)
         for row, by_threads in table[name].items():

@@ -69,6 +69,14 @@ def prediction(target, backend: str, profile: list) -> dict[str, Any]:
                            "scale": scale, "features": {k: int(v) for k, v in feats.items()}}}
 
 
+def prediction_note(cost) -> str:
+    """The bench note that says what predicted_latency_ms is and how far it was off where it was checked."""
+    return (f"predicted_latency_ms: a prediction, not a measurement: the guest profile (instruction classes, cache "
+            f"misses, waits) weighted by the cost model in the target's TOML, fitted on {cost.reference}; on "
+            f"networks left out of that fit it was off by {cost.median_error:.0%} (median), "
+            f"{cost.worst_error:.0%} (worst)")
+
+
 def outputs_match(host: list, guest: list, manifest) -> float:
     """Largest |host - guest| over the sample; raises when past tolerance (the ARM build is wrong)."""
     from edgecnn.runner.metrics import output_agreement

@@ -442,11 +442,9 @@ def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
     if plan.mode is Mode.EMULATED:
         notes.append("emulated: latency_ms and fps are null (qemu wall-clock is not board time); "
                      "emulated_instructions is the calling thread's guest count of one inference")
-        cost = plan.target.cost
-        if cost:
-            notes.append(f"predicted_latency_ms: a prediction, not a measurement: the guest profile (instruction "
-                         f"classes, cache misses, waits) weighted by the cost model in the target's TOML, fitted "
-                         f"on {cost.reference}; on networks left out of that fit it was off by "
-                         f"{cost.median_error:.0%} (median), {cost.worst_error:.0%} (worst)")
+        if plan.target.cost:
+            from edgecnn.bench.emulated import prediction_note
+
+            notes.append(prediction_note(plan.target.cost))
     return {"edgecnn": __version__, "target": plan.target.name, "mode": plan.mode.value,
             "notes": notes, "results": results}
