@@ -407,6 +407,9 @@ _regression_options = options(
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Untimed runs first.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Runtime threads [default: target cores; 1 on a machine with 2 cores or fewer].")
+@click.option("--tune", is_flag=True, help="tvm on the host: build with MetaSchedule records, as compile --tune.")
+@click.option("--trials", type=click.IntRange(min=1), default=None,
+              help="With --tune: total trials of each model's tuning database [default: compile's].")
 @click.option("--cpu-time", is_flag=True, default=False,
               help="Native runs: latency as process CPU time per invoke (steadier on a busy machine).")
 @_regression_options
@@ -417,7 +420,7 @@ _regression_options = options(
               help="Write predictions on --data as JSON (COCO results with the data set's ids for detectors); "
                    "one file per variant, FILE-<model>-<backend>-<precision>.json, when there are several.")
 def bench_cmd(target, models, backend, precision, prune, weights, data, calib, device, ssh_options, remote_python,
-              emulate, limit, runs, warmup, threads, cpu_time, baseline, max_map_drop, max_top1_drop,
+              emulate, limit, runs, warmup, threads, tune, trials, cpu_time, baseline, max_map_drop, max_top1_drop,
               max_latency_increase, max_instructions_increase, fmt, output, plot, save_predictions, contract) -> None:
     """Benchmark models on a target: latency percentiles, FPS, accuracy; native, emulated or over SSH."""
     for path, what in ((output, "--output"), (plot, "--plot")):  # written at the end: checked first
@@ -433,7 +436,7 @@ def bench_cmd(target, models, backend, precision, prune, weights, data, calib, d
                      prunes=prune, device=device, emulate=emulate, data=data, limit=limit, runs=runs,
                      warmup=warmup, threads=threads, weights=weights, ssh_options=tuple(ssh_options),
                      remote_python=remote_python, calib=calib, contract=contract, save_predictions=save_predictions,
-                     cpu_time=cpu_time)
+                     cpu_time=cpu_time, tune=_tune_trials(tune, trials))
     doc = bench(plan) if fmt != ReportFormat.TABLE and output is None else render.with_progress(plan, bench)
     text = report.render(doc, ReportFormat.MD.value if fmt == ReportFormat.TABLE else fmt)
     if output:
@@ -457,6 +460,14 @@ def bench_cmd(target, models, backend, precision, prune, weights, data, calib, d
                 click.echo(f"Regression: {r}", err=True)
             raise _Regressed(f"{len(regressions)} regression(s) against {baseline}")
         click.echo(f"No regression against {baseline} ({len(base['results'])} variants).", err=True)
+
+
+def _tune_trials(tune: bool, trials: int | None) -> int | None:
+    if trials is not None and not tune:
+        raise EdgecnnError("--trials needs --tune")
+    from edgecnn.compile.tune import DEFAULT_TRIALS
+
+    return (trials or DEFAULT_TRIALS) if tune else None
 
 
 class _Regressed(EdgecnnError):

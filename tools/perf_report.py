@@ -4,12 +4,13 @@
 For the demo models (one bench: yolo_lite, mobilenet_v2, mobilenet_v1) and MobileNetV2 1.0/224 with random
 weights (a second bench, calibrated on the demo images), on this machine with the bench's side-by-side
 timing: LiteRT int8/fp32 p50, ONNX Runtime int8/fp32 p50, TVM (untuned unless tuning records exist) /
-LiteRT fp32 p50, and end-to-end time per image (decode .. NMS) over the invoke p50. Ratios, not absolute
+LiteRT fp32 p50 (tuned for MobileNetV2 1.0/224 with --tune-trials: MetaSchedule's database for it, kept across
+runs, tuned up to that many trials first), and end-to-end time per image (decode .. NMS) over the invoke p50. Ratios, not absolute
 times: the variants of a run share the machine's state, so their ratio is what transfers to another idle
 machine. The load average before and after each run is printed; run it on an idle machine.
 
     python tools/perf_report.py                    # writes tools/perf_report.md and prints it
-    python tools/perf_report.py --runs 300 --threads 1 --backends tflite,onnx,tvm
+    python tools/perf_report.py --runs 300 --threads 1 --backends tflite,onnx,tvm --tune-trials 3000
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
 
 
+def tvm_label(rows: list[dict], model: str) -> str:
+    tuning = next((r.get("tuning") for r in rows if r["model"] == model and r["backend"] == "tvm"), None)
+    return f" (tuned, {tuning['records']} records)" if tuning else ""
+
+
 def table(doc: dict, models: list[str]) -> list[str]:
     rows = doc["results"]
     lines = ["| model | tflite fp32 p50 ms | tflite int8/fp32 | onnx int8/fp32 | tvm fp32 / tflite fp32 | "
@@ -61,7 +67,7 @@ def table(doc: dict, models: list[str]) -> list[str]:
         lines.append(f"| {m} | {f'{base:.3f}' if base else '-'} | "
                      f"{ratio(t_int8, p50(rows, m, 'tflite', 'fp32'))} | "
                      f"{ratio(p50(rows, m, 'onnx', 'int8'), p50(rows, m, 'onnx', 'fp32'))} | "
-                     f"{ratio(p50(rows, m, 'tvm', 'fp32'), p50(rows, m, 'tflite', 'fp32'))} | "
+                     f"{ratio(p50(rows, m, 'tvm', 'fp32'), p50(rows, m, 'tflite', 'fp32'))}{tvm_label(rows, m)} | "
                      f"{ratio(e2e['total_ms'], t_int8) if e2e else '-'} |")
     return lines
 
@@ -71,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--backends", default="tflite,onnx")
+    p.add_argument("--tune-trials", type=int, default=None,
+                   help="tvm for MobileNetV2 1.0/224 tuned (bench --tune --trials N); the demo models stay untuned")
     p.add_argument("--output", type=Path, default=REPO / "tools" / "perf_report.md")
     a = p.parse_args(argv)
+    tune = ["--tune", "--trials", str(a.tune_trials)] if a.tune_trials and "tvm" in a.backends.split(",") else []
     out = [f"# Speed ratios (tools/perf_report.py, {a.runs} runs, {a.threads} thread(s), host {os.uname().machine})",
            ""]
-    for models, extra in ((list(DEMO), []), ([FULL], ["--weights", "random", "--calib", "demo-classification"])):
+    for models, extra in ((list(DEMO), []), ([FULL], ["--weights", "random", "--calib", "demo-classification", *tune])):
         cmd, doc = bench(models, a.backends, a.runs, a.threads, extra)
         loads = (doc["results"][0].get("timing") or {}).get("load_average") or [None, None]
         out += ["    python3 " + " ".join(cmd[1:]), "",

@@ -21,28 +21,44 @@ EMULATED_ATOL = {"fp32": 1e-3, "fp16": 1e-2, "int8": None}  # int8: by quantizat
 INT8_FLOAT_OUTPUT_ATOL = 0.05  # relative to max(1, |reference|): a wrong build is off by far more
 
 
-def run_emulated(bundle, reference, portable: bool, source, target, data: str | None, limit: int | None,
-                 threads: int | None, label: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """The row's measured fields for `bundle` on `target` under qemu; `reference` runs here for accuracy."""
-    from edgecnn.bench.fidelity import fidelity, inputs_for
+def guest_run(bundle, target, data: str | None, limit: int | None, threads: int | None, label: str,
+              log: Callable[[str], None]) -> tuple[list, Any]:
+    """The qemu half of an emulated row: (the sample of inputs, its EmulatedRun).
+
+    Needs nothing of the caller's state, so bench runs several at once (one qemu per core: instruction
+    counts and the cache model's misses are the same however busy the machine is).
+    """
+    from edgecnn.bench.fidelity import inputs_for
     from edgecnn.emulate.bundle import run_bundle_emulated
     from edgecnn.emulate.plugin import profile_args
+
+    sample = inputs_for(bundle, data, min(EMULATED_SAMPLE, limit or EMULATED_SAMPLE))[1]
+    guest_threads = threads or 1
+    log(f"{label}: {len(sample)} image(s) under qemu -cpu {target.qemu_cpu}, {guest_threads} thread(s)")
+    plugin_args = profile_args(target.cache.l1, target.cache.l2) if target.cost and target.cache else ()
+    return sample, run_bundle_emulated(bundle, sample, target, threads=guest_threads, plugin_args=plugin_args)
+
+
+def run_emulated(bundle, reference, portable: bool, source, target, data: str | None, limit: int | None,
+                 threads: int | None, label: str, log: Callable[[str], None], guest=None) -> dict[str, Any]:
+    """The row's measured fields for `bundle` on `target` under qemu; `reference` runs here for accuracy.
+
+    guest: a future of guest_run's result when bench started the qemu run already; else it runs here.
+    """
+    from edgecnn.bench.fidelity import fidelity
     from edgecnn.runner.run import run_bundle
     from edgecnn.runner.sessions import open_session
 
     log(f"{label}: accuracy on this machine ({'same artifact' if portable else 'host build of the same model'})")
     native = run_bundle(reference, data=data, limit=limit, runs=1, warmup=0, threads=threads)
-    sample = inputs_for(bundle, data, min(EMULATED_SAMPLE, limit or EMULATED_SAMPLE))[1]
-    guest_threads = threads or 1
-    log(f"{label}: {len(sample)} image(s) under qemu -cpu {target.qemu_cpu}, {guest_threads} thread(s)")
-    plugin_args = profile_args(target.cache.l1, target.cache.l2) if target.cost and target.cache else ()
-    emu = run_bundle_emulated(bundle, sample, target, threads=guest_threads, plugin_args=plugin_args)
+    sample, emu = guest.result() if guest is not None else guest_run(bundle, target, data, limit, threads, label,
+                                                                     log)
     session = open_session(reference, threads=1)
     worst = outputs_match([session(x) for x in sample], emu.outputs, bundle.manifest)
     instructions = int(round(float(np.median(list(emu.instructions)))))
     return {
         "latency_ms": None, "fps": None, "load_ms": None, "first_inference_ms": None, "peak_rss_mb": None,
-        "threads": guest_threads, "images": native.get("images"), "accuracy": native.get("accuracy"),
+        "threads": threads or 1, "images": native.get("images"), "accuracy": native.get("accuracy"),
         "inputs": native.get("inputs"), "predictions": native.get("predictions"),
         "fidelity": fidelity(reference, source, data, "same artifact" if portable else "host build"),
         "emulated_instructions": instructions,

@@ -17,9 +17,10 @@ Modes:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from edgecnn.errors import DataError, EdgecnnError, TargetError
 from edgecnn.kinds import BenchMode as Mode, Precision
@@ -62,6 +63,7 @@ class BenchPlan:
     contract: dict | None = None  # data-contract options for model files (edgecnn.contract)
     save_predictions: str | None = None  # write each variant's predictions (COCO results for detectors) here
     cpu_time: bool = False  # native latency from process CPU time instead of wall time (edgecnn.bench.timing)
+    tune: int | None = None  # tvm variants built with MetaSchedule records, this many trials in all (host only)
 
 
 def parse_prune(text: str) -> str | None:
@@ -133,7 +135,7 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
               warmup: int = 5, threads: int | None = None, weights: str = "demo",
               ssh_options: tuple[str, ...] = (), remote_python: str = "python3",
               calib: str | None = None, contract: dict | None = None,
-              save_predictions: str | None = None, cpu_time: bool = False) -> BenchPlan:
+              save_predictions: str | None = None, cpu_time: bool = False, tune: int | None = None) -> BenchPlan:
     """Resolve the command line into the list of variants to run; raises on anything inconsistent.
 
     Everything the arguments alone decide (the --device syntax, the --data path and layout, model
@@ -202,6 +204,8 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
                         variants.append(Variant(m, b, prec, pr))
     if not variants:
         raise DataError("nothing to bench: every requested combination was excluded")
+    if tune is not None:
+        _check_tune(t, mode, variants, tune)
     if (ssh_options or remote_python != "python3") and mode is not Mode.SSH:
         raise DataError("--ssh-option and --remote-python apply only with --device")
     if cpu_time and mode is not Mode.NATIVE:
@@ -213,7 +217,18 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
         threads, why = default_threads(threads)
         notes += [why] if why else []
     return BenchPlan(t, mode, variants, data, device, limit, runs, warmup, threads, weights, notes,
-                     tuple(ssh_options), remote_python, calib, contract, save_predictions, cpu_time)
+                     tuple(ssh_options), remote_python, calib, contract, save_predictions, cpu_time, tune)
+
+
+def _check_tune(target: Target, mode: Mode, variants: list[Variant], trials: int) -> None:
+    """--tune: MetaSchedule measures candidates where the code runs, so only tvm variants on this machine."""
+    if trials < 1:
+        raise DataError(f"--trials must be at least 1, got {trials}")
+    if not any(v.backend == "tvm" for v in variants):
+        raise DataError("--tune applies to the tvm backend: add --backend tvm")
+    if mode is not Mode.NATIVE or not target.is_host:
+        raise DataError(f"--tune needs --target host: MetaSchedule measures every candidate on the CPU that runs "
+                        f"it, and {target.name} is not this machine")
 
 
 def _input_notes(models: list[str], weights: str, data: str | None, layout: str | None) -> list[str]:
@@ -295,15 +310,17 @@ def _compile(source, variant: Variant, target: Target | str, plan: BenchPlan, lo
     calib = plan.calib
     if calib is None and source.demo:
         calib = DEMO_CALIBRATION[source.task]
+    tune = {"tune": True, "trials": plan.tune} if plan.tune is not None and variant.backend == "tvm" else {}
     return compile_model(source, target, backend=variant.backend, precision=variant.precision, calib=calib,
-                         weights=plan.weights, log=log).bundle
+                         weights=plan.weights, log=log, **tune).bundle
 
 
 def run_variant(variant: Variant, plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
-                source=None) -> dict[str, Any]:
-    """Build (cached) and measure one variant; the bench JSON row. `source`: its loaded SourceModel, if known."""
+                source=None, bundle=None, guest=None) -> dict[str, Any]:
+    """Build (cached) and measure one variant; the bench JSON row. `source`: its loaded SourceModel, if known;
+    `bundle`: its compiled bundle, if built; `guest`: the future of its qemu run (bench.emulated.guest_run)."""
     source = source or load_variant_source(variant, plan, log)
-    bundle = _compile(source, variant, plan.target, plan, log)
+    bundle = bundle or _compile(source, variant, plan.target, plan, log)
     man = bundle.manifest
     data = _data_for(source, plan)
     row: dict[str, Any] = {
@@ -313,6 +330,8 @@ def run_variant(variant: Variant, plan: BenchPlan, log: Callable[[str], None] = 
         "emulated_instructions": None, "predicted_latency_ms": None,
     }
     row["task"] = man.task
+    if man.build.get("tuning"):  # a MetaSchedule-tuned tvm build: how much tuning it holds
+        row["tuning"] = {k: man.build["tuning"].get(k) for k in ("records", "tasks", "rejected_schedules")}
     if plan.mode is Mode.NATIVE:
         log(f"{variant.model} {variant.backend} {variant.precision}: running on this machine")
         result = run_native(bundle.path, data=data, limit=plan.limit, runs=plan.runs, warmup=plan.warmup,
@@ -325,7 +344,7 @@ def run_variant(variant: Variant, plan: BenchPlan, log: Callable[[str], None] = 
                             threads=plan.threads, ssh_options=plan.ssh_options, python=plan.remote_python)
         row["device"] = plan.device
     else:
-        result = _emulated(bundle, source, variant, plan, data, log)
+        result = _emulated(bundle, source, variant, plan, data, log, guest)
     row.update(_measured(result))
     row["mode"] = plan.mode.value
     if "fidelity" not in row:
@@ -335,6 +354,46 @@ def run_variant(variant: Variant, plan: BenchPlan, log: Callable[[str], None] = 
 
         row["predictions_file"] = str(save_coco_results(_predictions_path(plan, variant), result["predictions"]))
     return row
+
+
+@contextmanager
+def _named(v: Variant) -> Iterator[None]:
+    """An EdgecnnError from inside names the variant: one line still, but the user knows which."""
+    try:
+        yield
+    except EdgecnnError as e:
+        raise type(e)(f"{v.model} {v.backend} {v.precision}{' ' + v.prune if v.prune else ''}: {e}") from None
+
+
+@contextmanager
+def _guest_pool(plan: BenchPlan) -> Iterator[Callable | None]:
+    """Emulated benches: submit(variant, bundle, data) -> future of its qemu run, one qemu per core; else None.
+
+    On the way out by an error or an interrupt, queued runs are dropped and running qemu processes killed.
+    """
+    if plan.mode is not Mode.EMULATED or len(plan.variants) < 2:
+        yield None
+        return
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgecnn.bench.emulated import guest_run
+    from edgecnn.emulate.run import stop_guests
+
+    pool = ThreadPoolExecutor(max_workers=min(len(plan.variants), os.cpu_count() or 1),
+                              thread_name_prefix="edgecnn-qemu")
+
+    def submit(v: Variant, bundle, data: str | None):
+        return pool.submit(guest_run, bundle, plan.target, data, plan.limit, plan.threads,
+                           f"{v.model} {v.backend} {v.precision}", lambda _msg: None)
+
+    try:
+        yield submit
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_guests()
+        raise
+    pool.shutdown()
 
 
 def _fidelity_here(bundle, source, variant: Variant, plan: BenchPlan, data: str | None, log) -> dict:
@@ -386,7 +445,7 @@ def _measured(result: dict[str, Any]) -> dict[str, Any]:
     return {**{k: result.get(k) for k in _MEASURED_KEYS}, **{k: result[k] for k in _OPTIONAL_KEYS if k in result}}
 
 
-def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str | None, log) -> dict[str, Any]:
+def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str | None, log, guest=None) -> dict[str, Any]:
     """The emulated row (edgecnn.bench.emulated); accuracy from the identical artifact natively where it is
     portable, else from a host build of the same source."""
     from edgecnn.bench.emulated import run_emulated
@@ -396,7 +455,8 @@ def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str | Non
     portable = bundle.manifest.backend in PORTABLE_BACKENDS
     reference = bundle if portable else _compile(source, variant, host_target(), plan, log)
     label = f"{variant.model} {variant.backend} {variant.precision}"
-    return run_emulated(bundle, reference, portable, source, plan.target, data, plan.limit, plan.threads, label, log)
+    return run_emulated(bundle, reference, portable, source, plan.target, data, plan.limit, plan.threads, label, log,
+                        guest)
 
 
 def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
@@ -408,23 +468,25 @@ def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
         from edgecnn.emulate.environment import require_environment
 
         require_environment(plan.target, need_plugin=True)
-    results = []
-    sources: dict[tuple, Any] = {}  # each model (and pruned form) is loaded once, not once per variant
     # Native: each variant's own run measures load, memory and accuracy; latency comes from the side-by-side
     # timing after all of them (edgecnn.bench.timing), so those runs time one invoke only.
     single = replace(plan, runs=1, warmup=0) if plan.mode is Mode.NATIVE else plan
-    for v in plan.variants:
-        try:
-            key = (v.model, v.prune)
-            if key not in sources:
-                sources[key] = load_variant_source(v, plan, log)
-            row = run_variant(v, single, log, sources[key])
-        except EdgecnnError as e:  # name the variant: one line still, but the user knows which
-            raise type(e)(f"{v.model} {v.backend} {v.precision}"
-                          f"{' ' + v.prune if v.prune else ''}: {e}") from None
-        results.append(row)
-        if on_row:
-            on_row(row)
+    sources: dict[tuple, Any] = {}  # each model (and pruned form) is loaded once, not once per variant
+    results, staged = [], []
+    with _guest_pool(plan) as guests:
+        for v in plan.variants:  # every bundle first: a build that fails does so before any measuring
+            with _named(v):
+                key = (v.model, v.prune)
+                if key not in sources:
+                    sources[key] = load_variant_source(v, plan, log)
+                bundle = _compile(sources[key], v, plan.target, plan, log)
+                staged.append((v, bundle, guests(v, bundle, _data_for(sources[key], plan)) if guests else None))
+        for v, bundle, guest in staged:
+            with _named(v):
+                row = run_variant(v, single, log, sources[(v.model, v.prune)], bundle, guest)
+            results.append(row)
+            if on_row:
+                on_row(row)
     notes = list(plan.notes)
     if plan.mode is Mode.NATIVE:
         from edgecnn.bench.timing import time_side_by_side

@@ -254,8 +254,13 @@ def host_intrinsics():
             del sys.modules[INTRINSICS]
 
 
-def build_candidate(mod, target) -> str:
+def build_candidate(mod, target, owner: int | None = None) -> str:
     """Compile one candidate (a task's single-PrimFunc module) to a shared library; its path.
+
+    `owner`: the pid the temporary folder is named after (default this process's). The pooled builder
+    passes the tuning process's own: a worker is recycled after WORKER_USES builds while the runner
+    may not have measured its last candidates yet, and a sweep by any other edgecnn command removes
+    a temporary whose named process has gone (that lost a whole first round of tuning once).
 
     Runs in a builder worker. MetaSchedule's default_build first imports every target's tensor
     intrinsics, which an applied schedule does not need (tensorize has inlined their bodies). Linking
@@ -267,7 +272,7 @@ def build_candidate(mod, target) -> str:
     lib = build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
     # Named like edgecnn's other temporaries, so a sweep removes what a killed worker leaves behind;
     # MetaSchedule removes the folder once the candidate is measured.
-    path = os.path.join(tempfile.mkdtemp(prefix=f"edgecnn-candidate-{os.getpid()}-"), "candidate.so")
+    path = os.path.join(tempfile.mkdtemp(prefix=f"edgecnn-candidate-{owner or os.getpid()}-"), "candidate.so")
     lib.export_library(path)
     return path
 
@@ -296,8 +301,8 @@ def _pooled_builder_class():
 
         def build(self, build_inputs):
             results = []
-            for done in self.pool.map_with_error_catching(_build_packed,
-                                                          [(b.mod, b.target) for b in build_inputs]):
+            jobs = [(b.mod, b.target, os.getpid()) for b in build_inputs]  # temporaries owned by this process
+            for done in self.pool.map_with_error_catching(_build_packed, jobs):
                 if done.status == StatusKind.COMPLETE:
                     results.append(BuilderResult(done.value, None))
                 elif done.status == StatusKind.TIMEOUT:

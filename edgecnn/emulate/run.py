@@ -21,6 +21,7 @@ import resource
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,8 +141,7 @@ def run_guest(target: str | Target, program: str | Path, args: Sequence[str] = (
                             plugin_args if count else ())
         started = time.perf_counter()
         try:
-            done = subprocess.run(cmd, env=guest_env(pythonpath, env), capture_output=True, text=True,
-                                  timeout=timeout, cwd=cwd or tmp, preexec_fn=_no_core_dumps)
+            done = _run_tracked(cmd, guest_env(pythonpath, env), timeout, cwd or tmp)
         except subprocess.TimeoutExpired:
             raise ToolError(f"{what} ran past {timeout:.0f} s under qemu-aarch64 -cpu {t.qemu_cpu}") from None
         except OSError as e:
@@ -160,6 +160,39 @@ def run_guest(target: str | Target, program: str | Path, args: Sequence[str] = (
     if check and counts and counts.errors:
         raise ToolError(f"instruction markers misused in {what}: {counts.errors[0]}")
     return result
+
+
+_GUESTS: set = set()  # qemu processes running now, from any thread (stop_guests)
+_GUESTS_LOCK = threading.Lock()
+
+
+def _run_tracked(cmd: list[str], env: dict, timeout: float, cwd) -> subprocess.CompletedProcess:
+    """subprocess.run for a qemu command, the process known to stop_guests while it runs."""
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                          preexec_fn=_no_core_dumps) as proc:
+        with _GUESTS_LOCK:
+            _GUESTS.add(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except BaseException:  # a timeout, an interrupt: the guest goes with it
+            proc.kill()
+            proc.communicate()
+            raise
+        finally:
+            with _GUESTS_LOCK:
+                _GUESTS.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def stop_guests() -> None:
+    """Kill every qemu process still running (bench runs several in worker threads; an interrupt ends them)."""
+    with _GUESTS_LOCK:
+        running = list(_GUESTS)
+    for proc in running:
+        try:
+            proc.kill()
+        except OSError:
+            pass
 
 
 def run_python(target: str | Target, script: str | Path | None = None, args: Sequence[str] = (), *,

@@ -154,7 +154,7 @@ def quantize(model: str | Path, calib: str | Path, output_dir: str | Path, *, ba
         say(f"{backend}: exporting fp32")
         fp32_model = session.export_float()
         say(f"{backend}: calibrating on {len(data)} images and quantizing")
-        int8_model = session.quantize()
+        int8_model = session.speed_check(session.quantize(), say)
         names = session.output_names(fp32_model)
         held_out = len(dataset) if dataset is not None else len(holdout)
         say(f"validating fp32 and int8 on {held_out} held-out images")

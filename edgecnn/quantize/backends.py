@@ -78,6 +78,10 @@ class QuantizerBackend(ABC):
         """What the runtime would not run in integers, said as warnings; nothing checked by default."""
         return []
 
+    def speed_check(self, int8_model: bytes, log: Callable[[str], None]) -> bytes:
+        """The int8 artifact to validate: `int8_model`, or a faster form of it the backend measured here."""
+        return int8_model
+
 
 class TFLiteSession(QuantizerBackend):
     """Full-integer TFLite: calibrate once, requantize cheaply for each fallback attempt."""
@@ -165,6 +169,8 @@ class ONNXSession(QuantizerBackend):
             self.float_path = onnx_backend.export_float(source.keras_model, work)
         self.calib = calib.renamed(onnx_backend.input_name(self.float_path), layout=source.layout)
         self.types = onnx_backend.quant_types()
+        self.float_prefix: list[str] = []  # leading layers kept in float because it is faster (speed_check)
+        self.speed: dict | None = None
         self._pre: Path | None = None
         self._last: Path | None = None
 
@@ -182,16 +188,46 @@ class ONNXSession(QuantizerBackend):
         if self._pre is None:
             self._pre = self._o.preprocess(self.float_path, self.work)
         yolo = (self.source.head or {}).get("type") == "yolo"  # boxes and scores in one output: decode in float
-        self._last = self._o.quantize(self._pre, self.calib, self.work, self.per_channel, self.method, float_layers,
+        layers = list(dict.fromkeys([*self.float_prefix, *float_layers]))
+        self._last = self._o.quantize(self._pre, self.calib, self.work, self.per_channel, self.method, layers,
                                       self.types, float_tail=yolo)
         return self._last.read_bytes()
+
+    def speed_check(self, int8_model: bytes, log: Callable[[str], None]) -> bytes:
+        """On this machine's CPU: the fastest of the all-int8 model and its float-prefix forms (quantize.onnx)."""
+        from edgecnn.targets import host_arch
+
+        if self.types.arch != host_arch():
+            self.speed = {"checked": False, "why": f"built for {self.types.arch}, timed only where it runs"}
+            return int8_model
+        prefixes = self._o.float_prefixes(self._pre)
+        if not prefixes:
+            return int8_model
+        log(f"onnx: timing the int8 model against {len(prefixes)} float-prefix forms on this CPU")
+        paths = [self.work / "speed-0.onnx"]
+        paths[0].write_bytes(int8_model)
+        for k, prefix in enumerate(prefixes, 1):
+            self.float_prefix = prefix
+            paths.append(self.work / f"speed-{k}.onnx")
+            paths[-1].write_bytes(self.quantize())
+        feed = next(iter(self.calib.ort_reader()))
+        p50 = self._o.time_models([self.float_path, *paths], feed)
+        fp32, times = p50[0], p50[1:]
+        best = min(range(len(times)), key=times.__getitem__)
+        if times[best] > self._o.PREFIX_GAIN * times[0]:
+            best = 0
+        self.float_prefix = prefixes[best - 1] if best else []
+        self.speed = {"checked": True, "float_prefix_convs": best, "p50_ms": {
+            "fp32": round(fp32, 4), "int8": round(times[0], 4), "chosen": round(times[best], 4)},
+            "candidates_p50_ms": [round(t, 4) for t in times]}
+        return paths[best].read_bytes()
 
     def use_arch(self, arch: str | None) -> None:
         """Activation/weight types for this architecture's onnxruntime (quantize.onnx.quant_types)."""
         self.types = self._o.quant_types(arch)
 
     def settings(self) -> dict:
-        return self.types.settings()
+        return {**self.types.settings(), **({"speed_check": self.speed} if self.speed else {})}
 
     def runtime_warnings(self, int8_model: bytes) -> list[str]:
         """Quantized Conv/Add/MatMul/Mul/Gemm that onnxruntime's CPU provider leaves in float after optimising."""

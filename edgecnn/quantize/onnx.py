@@ -217,6 +217,48 @@ def fused_warning(qdq_path: Path, types: QuantTypes, work: Path) -> str | None:
 _INT8_QDQ_FUSED = {Arch.AARCH64.value: True, Arch.X86_64.value: False}
 
 
+# Latency-checked float prefix. onnxruntime's int8 convolutions (MLAS) are slow where channels are few: on
+# this project's x86 machine the demo MobileNetV1's stem (3 -> 8 channels) took 2.6x its fp32 NCHWc time and
+# the first depthwise (8 channels) 3x, so the all-int8 model was slower than fp32 (int8/fp32 1.05); with its
+# first two convolutions in float it was 0.69. How many leading layers pay off differs per model (MobileNetV2:
+# three, 0.86 -> 0.68; YOLO-Lite: none, where a float stem leaves a uint8 MaxPool in NCHW, a slow kernel), so
+# it is measured, not guessed: each candidate prefix is quantized and timed against the all-int8 model.
+FLOAT_PREFIX_CANDIDATES = 4  # prefixes of 1..4 convolutions
+PREFIX_GAIN = 0.95  # a float prefix is kept only when it makes the model at least 5% faster
+PREFIX_ROUNDS, PREFIX_RUNS = 15, 10  # interleaved rounds, invokes per model per round
+
+
+def float_prefixes(pre_path: Path, most: int = FLOAT_PREFIX_CANDIDATES) -> list[list[str]]:
+    """Candidate float prefixes: for k = 1..most, the node names before the (k+1)-th Conv (graph order is
+    topological), so each prefix ends where an int8 convolution starts; at least one Conv stays int8."""
+    import onnx
+
+    nodes = onnx.load(str(pre_path), load_external_data=False).graph.node
+    convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
+    return [[n.name for n in nodes[:convs[k]]] for k in range(1, min(most + 1, len(convs)))]
+
+
+def time_models(models: Sequence[Path], feed: dict, threads: int = 1, rounds: int = PREFIX_ROUNDS,
+                runs: int = PREFIX_RUNS) -> list[float]:
+    """p50 ms of each model on this machine's CPU provider, in interleaved rounds (load hits all alike)."""
+    import time
+
+    from edgecnn.frameworks.ort import session
+
+    sessions = [session(m, threads) for m in models]
+    for s in sessions:  # warm-up: arena allocation, pre-packed weights
+        for _ in range(3):
+            s.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for s, t in zip(sessions, times):
+            for _ in range(runs):
+                start = time.perf_counter()
+                s.run(None, feed)
+                t.append((time.perf_counter() - start) * 1000)
+    return [float(np.median(t)) for t in times]
+
+
 SENSITIVITY_BYTES = 3 * 2**30  # memory the sensitivity pass may hold in activations
 
 

@@ -56,6 +56,8 @@ def test_every_combination_and_no_fake_tvm_int8():
     ({"device": "pi@board:0"}, r"--device 'pi@board:0' is not user@host\[:port\].*1-65535"),
     ({"data": "/nonexistent/val"}, "--data: data set not found: /nonexistent/val"),
     ({"precisions": ["int8"], "calib": "/nonexistent/calib"}, "unknown calibration set '/nonexistent/calib'"),
+    ({"backends": ["tvm"], "tune": 100}, "--tune needs --target host: .* a72 is not this machine"),
+    ({"backends": ["tflite"], "tune": 100}, "--tune applies to the tvm backend"),
 ])
 def test_plan_errors(kwargs, message):
     with pytest.raises(DataError, match=message):

@@ -244,6 +244,41 @@ def test_tuning_records_persist_and_resume(tmp_path):
     assert more.bundle.manifest.verification["status"] == "passed"
 
 
+def _build_in_child(owner: int, result) -> None:
+    import tvm
+    from tvm import te
+
+    from edgecnn.compile.tune import build_candidate
+
+    a = te.placeholder((8,), name="a")
+    b = te.compute((8,), lambda i: a[i] + 1.0, name="b")
+    result.put(build_candidate(tvm.IRModule({"main": te.create_prim_func([a, b])}), tvm.target.Target("llvm"),
+                               owner=owner))
+
+
+def test_a_candidate_outlives_the_builder_worker_that_made_it(tmp_path):
+    # A builder worker is recycled (WORKER_USES) before the runner measures its last candidates; another
+    # edgecnn command's start-up sweep then removed them (a named pid that is gone) and the tuning run died.
+    import multiprocessing
+    import os
+
+    from edgecnn.paths import sweep_stale_temporaries
+
+    ctx = multiprocessing.get_context("spawn")
+    result = ctx.Queue()
+    worker = ctx.Process(target=_build_in_child, args=(os.getpid(), result))
+    worker.start()
+    path = Path(result.get(timeout=120))
+    worker.join(timeout=60)
+    assert worker.exitcode == 0 and path.is_file() and f"-{os.getpid()}-" in path.parent.name
+    try:
+        assert path.parent not in sweep_stale_temporaries() and path.is_file()  # its owner, the tuner, lives
+    finally:
+        import shutil
+
+        shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def test_tuning_database_is_keyed_by_the_kernels_not_the_weights(tmp_path):
     # weights="random" hashes differently on every load: keyed by it, no run could resume another's records.
     from edgecnn.compile.tune import kernels_key

@@ -108,3 +108,25 @@ def test_plugin_and_guest_files_ship_as_package_data():
     root = Path(run.__file__).resolve().parents[2]
     data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert {"*.c", "guest/*.py"} <= set(data["edgecnn.emulate"])
+
+
+def test_stop_guests_ends_the_qemu_runs_of_other_threads(tmp_path):
+    # bench runs one qemu per core in worker threads; an interrupt of the main thread must not leave them running.
+    import threading
+    import time
+
+    from edgecnn.emulate import run
+
+    done = {}
+    worker = threading.Thread(target=lambda: done.setdefault("r", run._run_tracked(["sleep", "60"], {}, 120,
+                                                                                      tmp_path)))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not run._GUESTS and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(run._GUESTS) == 1
+    started = time.monotonic()
+    run.stop_guests()
+    worker.join(timeout=10)
+    assert not worker.is_alive() and time.monotonic() - started < 5
+    assert done["r"].returncode == -9 and not run._GUESTS  # killed, and no longer tracked

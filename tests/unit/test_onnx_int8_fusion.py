@@ -74,9 +74,26 @@ def _quantize(files, out: Path, **kwargs):
     return r, fused
 
 
-def test_x86_64_is_u8s8_and_every_conv_and_add_fuses(files, tmp_path):
+def _timed_as(monkeypatch, p50: list[float]) -> list:
+    """quantize.onnx.time_models answering `p50` (fp32, all-int8, then each float prefix): the choice, not the
+    clock, is under test here; the calls are recorded."""
+    from edgecnn.quantize import onnx as q
+
+    calls = []
+
+    def fake(models, feed, threads=1, **kw):
+        calls.append([Path(m).name for m in models])
+        assert all(Path(m).is_file() for m in models) and len(models) == len(p50)
+        return list(p50)
+
+    monkeypatch.setattr(q, "time_models", fake)
+    return calls
+
+
+def test_x86_64_is_u8s8_and_every_conv_and_add_fuses(files, tmp_path, monkeypatch):
     from edgecnn.frameworks.ort import float_ops_after_optimisation
 
+    _timed_as(monkeypatch, [1.0, 1.0, 0.99, 0.98])  # no float prefix gains 5%: the all-int8 model stays
     r, fused = _quantize(files, tmp_path, arch="x86_64")
     s = r.settings
     assert (s["arch"], s["activation_type"], s["weight_type"]) == ("x86_64", "uint8", "int8")
@@ -123,6 +140,34 @@ def test_reduce_range_only_for_u8s8_without_vnni():
     assert not quant_types("aarch64", vnni=False).reduce_range
     assert quant_types().arch == quant_types("native").arch == host_arch()
     assert quant_types("riscv64").activations == "int8"  # onnxruntime's own default elsewhere
+
+
+def test_float_prefix_is_kept_only_where_it_is_measured_faster(files, tmp_path, monkeypatch):
+    from edgecnn.frameworks.ort import float_ops_after_optimisation
+    from edgecnn.quantize import onnx as q
+
+    pre = q.preprocess(files["model"], tmp_path)
+    prefixes = q.float_prefixes(pre)
+    assert len(prefixes) == 2  # three convolutions: one or two of them in float, never all
+    assert prefixes[0][-1] != "depthwise" and prefixes[0][0] == "stem" and "depthwise" in prefixes[1]
+    calls = _timed_as(monkeypatch, [1.0, 0.9, 0.6, 0.8])  # fp32, all-int8, stem in float, stem+depthwise
+    r, fused = _quantize(files, tmp_path / "a", arch="x86_64")
+    check = r.settings["speed_check"]
+    assert calls == [["block.onnx", "speed-0.onnx", "speed-1.onnx", "speed-2.onnx"]]
+    assert check["checked"] and check["float_prefix_convs"] == 1 and check["p50_ms"]["chosen"] == 0.6
+    assert float_ops_after_optimisation(r.output)["Conv"] == (0, 2) and fused == []  # the stem reads float weights
+    assert json.loads(r.report.read_text())["quantization"]["settings"]["speed_check"] == check
+
+    _timed_as(monkeypatch, [1.0, 0.9, 0.88, 0.87])  # under 5% faster: not worth a float layer
+    r = _quantize(files, tmp_path / "b", arch="x86_64")[0]
+    assert r.settings["speed_check"]["float_prefix_convs"] == 0
+    assert float_ops_after_optimisation(r.output)["Conv"] == (0, 3)
+
+
+def test_a_model_for_another_cpu_is_not_timed_here(files, tmp_path, monkeypatch):
+    calls = _timed_as(monkeypatch, [])
+    r = _quantize(files, tmp_path, arch="aarch64" if ON_X86 else "x86_64")[0]
+    assert calls == [] and r.settings["speed_check"]["checked"] is False
 
 
 def test_layers_kept_in_float_on_purpose_are_not_reported(files, tmp_path):
