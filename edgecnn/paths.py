@@ -33,7 +33,7 @@ PSEUDO_FILE_SYSTEMS = frozenset({
     "efivarfs", "fusectl", "hugetlbfs", "mqueue", "nsfs", "proc", "pstore", "rpc_pipefs", "securityfs",
     "sysfs", "tracefs"})
 # Cache folders the start-up sweep lists (one listing each: the sweep must stay cheap).
-SWEPT_CACHE_FOLDERS = ("bundles", "pruned")
+SWEPT_CACHE_FOLDERS = ("bundles", "pruned", "evaluations")
 # -<pid>-<8 characters of tempfile's alphabet> ends every temporary name edgecnn makes.
 _TEMP_NAME = re.compile(r"^(?:\.tmp-|edgecnn-).+-(\d+)-[a-z0-9_]{8}$")
 

@@ -45,12 +45,14 @@ def run_emulated(bundle, reference, portable: bool, source, target, data: str | 
 
     guest: a future of guest_run's result when bench started the qemu run already; else it runs here.
     """
+    from edgecnn.bench.cached import cached_evaluation
     from edgecnn.bench.fidelity import fidelity
     from edgecnn.runner.run import run_bundle
     from edgecnn.runner.sessions import open_session
 
     log(f"{label}: accuracy on this machine ({'same artifact' if portable else 'host build of the same model'})")
-    native = run_bundle(reference, data=data, limit=limit, runs=1, warmup=0, threads=threads)
+    native = cached_evaluation(reference, data, limit, threads,
+                               lambda: run_bundle(reference, data=data, limit=limit, runs=1, warmup=0, threads=threads))
     sample, emu = guest.result() if guest is not None else guest_run(bundle, target, data, limit, threads, label,
                                                                      log)
     session = open_session(reference, threads=1)

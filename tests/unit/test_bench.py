@@ -219,3 +219,41 @@ def test_user_model_int8_calibrates_on_its_own_set(user_files, tmp_path, monkeyp
     # 12 images: one is held out of calibration for the int8 fidelity check (no labelled --val in compile)
     assert quant["calibration"] == {"name": "street", "images": 11}
     assert row["accuracy"]["metric"] == "top1" and row["images"] == 13  # the user's val folder, not the demo split
+
+
+def test_a_bundle_scored_once_on_a_data_set_is_not_scored_again(tmp_path, monkeypatch):
+    # An emulated row scores its artifact natively on the whole split; the same bytes for another board (or
+    # the host build behind every TVM row) must not be scored again, and anything that changes the score must.
+    import os
+    import types
+
+    from edgecnn.bench.cached import cached_evaluation
+
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+
+    def bundle(name: str, target: str, model: bytes) -> types.SimpleNamespace:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "model.tflite").write_bytes(model)
+        (folder / "manifest.json").write_text(json.dumps({"target": target, "backend": "tflite", "task": "x",
+                                                          "files": {"model": "model.tflite"}}))
+        return types.SimpleNamespace(path=folder)
+
+    data = tmp_path / "val"
+    data.mkdir()
+    (data / "labels.json").write_text("{}")
+    runs = []
+
+    def score(value):
+        return lambda: runs.append(value) or {"accuracy": {"top1": value}, "images": 3, "latency_ms": 1.0}
+
+    a53, a72, other = bundle("a53", "a53", b"same"), bundle("a72", "a72", b"same"), bundle("o", "a72", b"other")
+    first = cached_evaluation(a53, str(data), None, None, score(0.5))
+    assert first == {"accuracy": {"top1": 0.5}, "images": 3} and runs == [0.5]  # only what a row keeps
+    assert cached_evaluation(a72, str(data), None, None, score(0.9)) == first and runs == [0.5]
+    assert cached_evaluation(other, str(data), None, None, score(0.7))["accuracy"]["top1"] == 0.7
+    assert cached_evaluation(a53, str(data), 2, None, score(0.6))["accuracy"]["top1"] == 0.6  # another --limit
+    (data / "labels.json").write_text('{"changed": 1}')
+    os.utime(data / "labels.json", ns=(1, 1))
+    assert cached_evaluation(a53, str(data), None, None, score(0.4))["accuracy"]["top1"] == 0.4
+    assert runs == [0.5, 0.7, 0.6, 0.4]
