@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterable
@@ -21,7 +22,7 @@ import click
 
 from edgecnn import __version__, render
 from edgecnn.errors import EdgecnnError, EdgecnnWarning, one_line
-from edgecnn.paths import Terminated, check_output, process_scope
+from edgecnn.paths import Terminated, check_output, process_scope, stopped_by
 from edgecnn.kinds import (Arch, Backend, IOType, Kind, OutputFormat, Precision, PruneImportance, PruneMethod,
                            PruneScope, QuantBackend, QuantMethod, ReportFormat)
 
@@ -530,6 +531,8 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as e:
         _stopped(e)
     except Exception as e:  # a bug, not bad input: one line unless the user asks for the traceback
+        if stopped_by() is not None:  # an interrupt that broke a library mid-import: still the interrupt
+            _stopped(Terminated() if stopped_by() == signal.SIGTERM else KeyboardInterrupt())
         if os.environ.get("EDGECNN_DEBUG"):
             raise
         click.echo(f"Error: internal error: {type(e).__name__}: {one_line(e)} "

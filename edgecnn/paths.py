@@ -295,6 +295,7 @@ def process_scope(sweep: bool = True) -> Iterator[None]:
     the command. The previous SIGTERM handler comes back at the end.
     """
     previous = _handle_sigterm()
+    previous_int = _note_sigint()
     try:
         if sweep:
             try:
@@ -305,11 +306,41 @@ def process_scope(sweep: bool = True) -> Iterator[None]:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
+
+
+_STOPPED_BY: list[int] = []  # the signal that stopped the command, once one has
+
+
+def stopped_by() -> int | None:
+    """SIGINT or SIGTERM once one arrived inside process_scope, else None.
+
+    An interrupt that lands inside a library's import can surface as another exception (TensorFlow's
+    half-imported modules raise AttributeError); the entry point still reports it as the interrupt.
+    """
+    return _STOPPED_BY[0] if _STOPPED_BY else None
+
+
+def _note_sigint():
+    def interrupt(signum, frame):
+        _STOPPED_BY.append(signum)
+        raise KeyboardInterrupt()
+
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not signal.default_int_handler:  # ignored, or someone else's handler: left alone
+            return None
+        signal.signal(signal.SIGINT, interrupt)
+    except ValueError:  # not the main thread
+        return None
+    return previous
 
 
 def _handle_sigterm():
     def terminate(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not cut the cleanup short
+        _STOPPED_BY.append(signum)
         raise Terminated()
 
     try:

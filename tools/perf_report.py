@@ -10,7 +10,10 @@ times: the variants of a run share the machine's state, so their ratio is what t
 machine. The load average before and after each run is printed; run it on an idle machine.
 
     python tools/perf_report.py                    # writes tools/perf_report.md and prints it
-    python tools/perf_report.py --runs 300 --threads 1 --backends tflite,onnx,tvm --tune-trials 3000
+    python tools/perf_report.py --runs 300 --threads 1 --backends tflite,onnx,tvm --tune-trials 3000 --twice
+
+--twice runs each bench a second time and gives the largest difference between the two runs' p50 of the
+same variant (the repeatability a figure in a report can claim).
 """
 
 from __future__ import annotations
@@ -50,6 +53,19 @@ def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}" if a and b else "-"
 
 
+def agreement(first: dict, second: dict) -> tuple[float, str]:
+    """Largest relative difference between two runs' p50 of the same variant, and which variant."""
+    worst, which = 0.0, "-"
+    for a in first["results"]:
+        b = next((r for r in second["results"] if all(r[k] == a[k] for k in ("model", "backend", "precision"))), None)
+        if b and a["latency_ms"] and b["latency_ms"]:
+            x, y = a["latency_ms"]["p50"], b["latency_ms"]["p50"]
+            d = abs(x - y) / min(x, y)
+            if d > worst:
+                worst, which = d, f"{a['model']} {a['backend']} {a['precision']} ({x:.3f} vs {y:.3f} ms)"
+    return worst, which
+
+
 def tvm_label(rows: list[dict], model: str) -> str:
     tuning = next((r.get("tuning") for r in rows if r["model"] == model and r["backend"] == "tvm"), None)
     return f" (tuned, {tuning['records']} records)" if tuning else ""
@@ -79,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backends", default="tflite,onnx")
     p.add_argument("--tune-trials", type=int, default=None,
                    help="tvm for MobileNetV2 1.0/224 tuned (bench --tune --trials N); the demo models stay untuned")
+    p.add_argument("--twice", action="store_true", help="run each bench twice and report how far the p50s differ")
     p.add_argument("--output", type=Path, default=REPO / "tools" / "perf_report.md")
     a = p.parse_args(argv)
     tune = ["--tune", "--trials", str(a.tune_trials)] if a.tune_trials and "tvm" in a.backends.split(",") else []
@@ -91,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                 "load average before/after timing: " + " / ".join(f"{x:.2f}" if x is not None else "-" for x in loads),
                 ""] + table(doc, models) + [""]
         out += [f"Note: {n}" for n in doc.get("notes", [])] + [""]
+        if a.twice:
+            worst, which = agreement(doc, bench(models, a.backends, a.runs, a.threads, extra)[1])
+            out += [f"Second run of the same bench: the p50s differ by at most {worst:.1%} ({which})", ""]
     text = "\n".join(out)
     a.output.write_text(text)
     print(text)

@@ -337,3 +337,30 @@ def test_bundle_folders_follow_the_umask(files, tmp_path, umask, mode):
     for folder in (result.bundle.path, cached, tmp_path / "cache" / "pruned" / "k"):
         assert folder.stat().st_mode & 0o777 == mode, folder
     assert (tmp_path / "report.md").stat().st_mode & 0o777 == mode & 0o666
+
+
+def test_an_interrupt_that_breaks_a_library_mid_import_is_still_the_interrupt(monkeypatch, capsys):
+    # Ctrl-C inside TensorFlow's import surfaced as "AttributeError: 'dict' object has no attribute
+    # '_type_spec'" and exit 70: the signal, not the library's broken state, is what the user must hear.
+    from edgecnn import cli, paths
+
+    def broken(**kwargs):
+        signal.raise_signal(signal.SIGINT)  # through process_scope's handler, as a real Ctrl-C
+
+    def fails_later(**kwargs):
+        try:
+            broken()
+        except KeyboardInterrupt:
+            pass  # swallowed half-way by a library, which then fails in its own way
+        raise AttributeError("'dict' object has no attribute '_type_spec'")
+
+    monkeypatch.setattr(paths, "_STOPPED_BY", [])
+    monkeypatch.setattr(cli.cli, "main", fails_later)
+    with pytest.raises(SystemExit) as done:
+        cli.main(["zoo"])
+    assert done.value.code == 130 and capsys.readouterr().err.strip().splitlines()[-1] == "Error: interrupted"
+    monkeypatch.setattr(paths, "_STOPPED_BY", [])
+    monkeypatch.setattr(cli.cli, "main", lambda **kw: (_ for _ in ()).throw(AttributeError("a bug")))
+    with pytest.raises(SystemExit) as done:
+        cli.main(["zoo"])
+    assert done.value.code == 70 and "internal error: AttributeError: a bug" in capsys.readouterr().err
