@@ -11,6 +11,12 @@ interleaving the three so background load hits them alike, and prints the
 median latencies and the ratio tuned-TVM / TFLite (below 1.0: TVM is faster),
 with the load average before and after (other users' work on a shared machine
 slows tuning and timing alike, so figures from a loaded run are not comparable).
+
+The tuning is the long job, so its result is committed: tools/tuning/<database key>.tar.gz holds the
+MetaSchedule database of a finished run (the key covers the model's kernels, the completed TVM target
+with this CPU's -mcpu, and the TVM version), and a machine with no database of that key gets it back
+before tuning (restore_databases), so it resumes instead of starting over. After a run, save it with
+`--save-database`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,30 @@ import os
 import statistics
 import sys
 import time
+from pathlib import Path
+
+
+ARCHIVES = Path(__file__).resolve().parent / "tuning"
+
+
+def restore_databases(log=print) -> list[str]:
+    """Unpack each committed database whose folder the tuning cache lacks; the keys restored."""
+    import tarfile
+
+    from edgecnn.paths import cache_dir
+
+    restored = []
+    for archive in sorted(ARCHIVES.glob("*.tar.gz")):
+        key = archive.name[:-len(".tar.gz")]
+        folder = cache_dir("tuning") / key
+        if (folder / "database_tuning_record.json").is_file():
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")
+        restored.append(key)
+        log(f"restored the tuning database {key} from {archive.name}")
+    return restored
 
 
 def main() -> None:
@@ -29,6 +59,7 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=400)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--runs", type=int, default=200, help="timed inferences per bundle (in rounds of 20)")
+    p.add_argument("--save-database", action="store_true", help="write the tuned database to tools/tuning/")
     args = p.parse_args()
     # TVM's thread pool reads this once, at first use.
     os.environ["TVM_NUM_THREADS"] = str(args.threads)
@@ -40,6 +71,7 @@ def main() -> None:
     from edgecnn.errors import EdgecnnError
 
     log = lambda msg: print(f"  {msg}", file=sys.stderr)  # noqa: E731
+    restore_databases(log)
     load_before = os.getloadavg()
     bundles, not_tuned = {}, None
     for label, kw in (("tflite", {"backend": "tflite"}), ("tvm untuned", {"backend": "tvm"}),
@@ -55,6 +87,14 @@ def main() -> None:
         print(f"{label}: {r.bundle.path} ({'cached' if r.cached else 'built'} in {time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
     tuning = bundles["tvm tuned"].manifest.build.get("tuning", {}) if "tvm tuned" in bundles else {}
+    if args.save_database and tuning.get("database"):
+        import tarfile
+
+        folder = Path(tuning["database"])
+        ARCHIVES.mkdir(exist_ok=True)
+        with tarfile.open(ARCHIVES / f"{folder.name}.tar.gz", "w:gz") as tar:
+            for name in ("database_tuning_record.json", "database_workload.json"):
+                tar.add(folder / name, arcname=name)
 
     shape = bundles["tflite"].manifest.inputs[0].shape
     x = np.random.default_rng(0).random([1, *shape[1:]], dtype=np.float32)
