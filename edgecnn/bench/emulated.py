@@ -8,7 +8,8 @@ same source (the caller decides which; edgecnn.bench.pipeline).
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -37,6 +38,38 @@ def guest_run(bundle, target, data: str | None, limit: int | None, threads: int 
     log(f"{label}: {len(sample)} image(s) under qemu -cpu {target.qemu_cpu}, {guest_threads} thread(s)")
     plugin_args = profile_args(target.cache.l1, target.cache.l2) if target.cost and target.cache else ()
     return sample, run_bundle_emulated(bundle, sample, target, threads=guest_threads, plugin_args=plugin_args)
+
+
+@contextmanager
+def guest_pool(plan) -> Iterator[Callable | None]:
+    """Emulated benches: submit(variant, bundle, data) -> future of its qemu run, one qemu per core; else None.
+
+    On the way out by an error or an interrupt, queued runs are dropped and running qemu processes killed.
+    """
+    from edgecnn.kinds import BenchMode
+
+    if plan.mode is not BenchMode.EMULATED or len(plan.variants) < 2:
+        yield None
+        return
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from edgecnn.emulate.run import stop_guests
+
+    pool = ThreadPoolExecutor(max_workers=min(len(plan.variants), os.cpu_count() or 1),
+                              thread_name_prefix="edgecnn-qemu")
+
+    def submit(v, bundle, data: str | None):
+        return pool.submit(guest_run, bundle, plan.target, data, plan.limit, plan.threads,
+                           f"{v.model} {v.backend} {v.precision}", lambda _msg: None)
+
+    try:
+        yield submit
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_guests()
+        raise
+    pool.shutdown()
 
 
 def run_emulated(bundle, reference, portable: bool, source, target, data: str | None, limit: int | None,

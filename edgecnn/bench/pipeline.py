@@ -365,37 +365,6 @@ def _named(v: Variant) -> Iterator[None]:
         raise type(e)(f"{v.model} {v.backend} {v.precision}{' ' + v.prune if v.prune else ''}: {e}") from None
 
 
-@contextmanager
-def _guest_pool(plan: BenchPlan) -> Iterator[Callable | None]:
-    """Emulated benches: submit(variant, bundle, data) -> future of its qemu run, one qemu per core; else None.
-
-    On the way out by an error or an interrupt, queued runs are dropped and running qemu processes killed.
-    """
-    if plan.mode is not Mode.EMULATED or len(plan.variants) < 2:
-        yield None
-        return
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from edgecnn.bench.emulated import guest_run
-    from edgecnn.emulate.run import stop_guests
-
-    pool = ThreadPoolExecutor(max_workers=min(len(plan.variants), os.cpu_count() or 1),
-                              thread_name_prefix="edgecnn-qemu")
-
-    def submit(v: Variant, bundle, data: str | None):
-        return pool.submit(guest_run, bundle, plan.target, data, plan.limit, plan.threads,
-                           f"{v.model} {v.backend} {v.precision}", lambda _msg: None)
-
-    try:
-        yield submit
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        stop_guests()
-        raise
-    pool.shutdown()
-
-
 def _fidelity_here(bundle, source, variant: Variant, plan: BenchPlan, data: str | None, log) -> dict:
     """Per-output agreement with the source model, run on this machine (edgecnn.bench.fidelity)."""
     from edgecnn.bench import fidelity as f
@@ -464,6 +433,8 @@ def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
     """Run every variant of the plan; the bench document of docs/architecture.md."""
     from edgecnn import __version__
 
+    from edgecnn.bench.emulated import guest_pool
+
     if plan.mode is Mode.EMULATED:
         from edgecnn.emulate.environment import require_environment
 
@@ -473,7 +444,7 @@ def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
     single = replace(plan, runs=1, warmup=0) if plan.mode is Mode.NATIVE else plan
     sources: dict[tuple, Any] = {}  # each model (and pruned form) is loaded once, not once per variant
     results, staged = [], []
-    with _guest_pool(plan) as guests:
+    with guest_pool(plan) as guests:
         for v in plan.variants:  # every bundle first: a build that fails does so before any measuring
             with _named(v):
                 key = (v.model, v.prune)
