@@ -57,7 +57,8 @@ class Manifest:
     Roles: "model" (the .tflite / .onnx file, or TVM's aarch64/x86 shared library);
     a backend may add more (e.g. "params"). `backend_options` holds the backend's settings
     the runner must honour: {"threads": 4, "delegate": "xnnpack"} for TFLite,
-    {"execution_provider": "CPUExecutionProvider"} for ONNX, {"device": "cpu" | "cuda",
+    {"execution_provider": "CPUExecutionProvider", "disabled_optimizers": [...]} for ONNX (the graph
+    optimisers quantize's speed check found the int8 model faster without), {"device": "cpu" | "cuda",
     "entry": "main"} for TVM (manifests written before the rename call it `runtime`; both
     read the same). `postprocess` for detectors: {"kind": "yolo_region",
     "conf_threshold", "iou_threshold", "max_detections"}; null for classifiers.

@@ -78,7 +78,16 @@ def build(job: Job, out: Path, work: Path) -> Built:
     inputs, outputs = tensor_specs(out / MODEL_FILE, src.layout)
     if src.kind == "tflite" and src.precision == "int8":
         inputs, outputs = _tflite_quantization(src.path, inputs, outputs)
-    return Built({"model": MODEL_FILE}, inputs, outputs, providers(job.target), tools(job), info)
+    return Built({"model": MODEL_FILE}, inputs, outputs, {**providers(job.target), **_optimisers(out / MODEL_FILE)},
+                 tools(job), info)
+
+
+def _optimisers(model: Path) -> dict:
+    """The graph optimisers the model asks onnxruntime to run without (quantize's speed check), for the runner."""
+    from edgecnn.frameworks.ort import disabled_optimizers
+
+    names = disabled_optimizers(model)
+    return {"disabled_optimizers": names} if names else {}
 
 
 def _tflite_quantization(tflite: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]):

@@ -17,9 +17,30 @@ from edgecnn.errors import ModelError
 
 QUIET = 3  # onnxruntime's ERROR severity: its warnings about unused initializers are noise on every load
 
+# A model's own word on the graph optimisers it runs faster without (edgecnn.quantize.onnx's speed check writes
+# it): a comma-separated list in the model's metadata_props, honoured by every session edgecnn opens and copied
+# into a bundle's backend options for the runner.
+DISABLED_OPTIMIZERS_KEY = "edgecnn.onnxruntime.disabled_optimizers"
 
-def session(model: bytes | Path | str, threads: int = 1):
-    """An InferenceSession on the CPU provider; ModelError for a model onnxruntime cannot load."""
+
+def disabled_optimizers(model: bytes | Path | str) -> list[str]:
+    """The onnxruntime optimisers the model asks to run without (DISABLED_OPTIMIZERS_KEY); [] when none."""
+    import onnx
+
+    try:
+        proto = (onnx.load_from_string(bytes(model)) if isinstance(model, (bytes, bytearray))
+                 else onnx.load(str(model), load_external_data=False))
+    except Exception:  # noqa: BLE001 - not a readable ONNX file: the session's own load says why
+        return []
+    value = next((p.value for p in proto.metadata_props if p.key == DISABLED_OPTIMIZERS_KEY), "")
+    return [name for name in value.split(",") if name]
+
+
+def session(model: bytes | Path | str, threads: int = 1, disabled: list[str] | None = None):
+    """An InferenceSession on the CPU provider; ModelError for a model onnxruntime cannot load.
+
+    disabled: graph optimisers to leave out; None means what the model itself asks for (disabled_optimizers).
+    """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -27,8 +48,9 @@ def session(model: bytes | Path | str, threads: int = 1):
     opts.inter_op_num_threads = 1
     opts.log_severity_level = QUIET
     source = model if isinstance(model, (bytes, bytearray)) else str(model)
+    skip = disabled_optimizers(model) if disabled is None else disabled
     try:
-        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], disabled_optimizers=skip)
     except _load_errors() as e:
         raise ModelError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
 
@@ -98,7 +120,7 @@ def float_ops_after_optimisation(model_path: Path | str, work: Path | str | None
                                  int8_allowed: bool | None = None) -> dict[str, tuple[int, int]]:
     """Per op type of a QDQ model: (nodes onnxruntime still runs in float, nodes the quantizer made int8),
     after onnxruntime's graph optimisation on this machine's CPU provider at ORT_ENABLE_ALL, the level
-    every edgecnn session runs at.
+    every edgecnn session runs at, without the optimisers the model asks to run without.
 
     Only op types the model quantizes appear. `int8_allowed` overrides onnxruntime's own choice of fusing
     QDQ units with signed int8 activations (session.qdqisint8allowed; its default is on for ARM, off for
@@ -120,7 +142,8 @@ def float_ops_after_optimisation(model_path: Path | str, work: Path | str | None
         if int8_allowed is not None:
             opts.add_session_config_entry("session.qdqisint8allowed", "1" if int8_allowed else "0")
         try:
-            ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+            ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"],
+                                 disabled_optimizers=disabled_optimizers(model_path))
         except _load_errors() as e:
             raise ModelError(f"onnxruntime cannot load {model_path.name}: {str(e).splitlines()[0]}") from None
         nodes = onnx.load(str(optimised), load_external_data=False).graph.node

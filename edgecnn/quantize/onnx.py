@@ -223,7 +223,15 @@ _INT8_QDQ_FUSED = {Arch.AARCH64.value: True, Arch.X86_64.value: False}
 # first two convolutions in float it was 0.69. How many leading layers pay off differs per model (MobileNetV2:
 # three, 0.86 -> 0.68; YOLO-Lite: none, where a float stem leaves a uint8 MaxPool in NCHW, a slow kernel), so
 # it is measured, not guessed: each candidate prefix is quantized and timed against the all-int8 model.
+#
+# onnxruntime's QDQ propagation moves a QuantizeLinear up through value-preserving ops such as MaxPool. At the
+# end of a float prefix that hoists the quantization above the prefix's last pooling: YOLO-Lite's first MaxPool
+# then ran on uint8 in NCHW (4.5 ms, against 0.2 ms in float NCHWc) and its one-convolution prefix took 1.41x
+# the fp32 time; without the pass the same file took 0.81x. So each form is also timed without it, and a form
+# chosen that way says so in its own metadata (frameworks.ort.DISABLED_OPTIMIZERS_KEY), which every session
+# edgecnn opens, and the runner through the bundle's backend options, honours.
 FLOAT_PREFIX_CANDIDATES = 4  # prefixes of 1..4 convolutions
+UNPROPAGATED = ["QDQPropagationTransformer"]
 PREFIX_GAIN = 0.95  # a float prefix is kept only when it makes the model at least 5% faster
 PREFIX_ROUNDS, PREFIX_RUNS = 15, 10  # interleaved rounds, invokes per model per round
 
@@ -236,6 +244,19 @@ def float_prefixes(pre_path: Path, most: int = FLOAT_PREFIX_CANDIDATES) -> list[
     nodes = onnx.load(str(pre_path), load_external_data=False).graph.node
     convs = [i for i, n in enumerate(nodes) if n.op_type == "Conv"]
     return [[n.name for n in nodes[:convs[k]]] for k in range(1, min(most + 1, len(convs)))]
+
+
+def with_disabled_optimizers(model: bytes, names: Sequence[str]) -> bytes:
+    """The model with its list of onnxruntime optimisers to run without set to `names` (none: the entry removed)."""
+    import onnx
+
+    from edgecnn.frameworks.ort import DISABLED_OPTIMIZERS_KEY
+
+    proto = onnx.load_from_string(model)
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != DISABLED_OPTIMIZERS_KEY]
+    del proto.metadata_props[:]
+    onnx.helper.set_model_props(proto, dict(kept, **({DISABLED_OPTIMIZERS_KEY: ",".join(names)} if names else {})))
+    return proto.SerializeToString()
 
 
 def time_models(models: Sequence[Path], feed: dict, threads: int = 1, rounds: int = PREFIX_ROUNDS,

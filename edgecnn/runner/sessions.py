@@ -188,7 +188,8 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
 
 
 class OnnxSession(Session):
-    """onnxruntime's InferenceSession with the manifest's execution provider and intra-op threads."""
+    """onnxruntime's InferenceSession with the manifest's execution provider, intra-op threads and the graph
+    optimisers the model runs without."""
 
     backend = Backend.ONNX
 
@@ -209,7 +210,8 @@ class OnnxSession(Session):
         opts.log_severity_level = 3  # warnings about unused initializers are noise on every load
         path = bundle.file("model")
         try:
-            self._sess = ort.InferenceSession(str(path), opts, providers=[provider])
+            self._sess = ort.InferenceSession(str(path), opts, providers=[provider], disabled_optimizers=list(
+                self.manifest.backend_options.get("disabled_optimizers", [])))
         except _ort_errors() as e:
             raise ModelError(f"onnxruntime cannot load {path}: {_first_line(e)}") from None
         names = [i.name for i in self._sess.get_inputs()]

@@ -75,8 +75,8 @@ def _quantize(files, out: Path, **kwargs):
 
 
 def _timed_as(monkeypatch, p50: list[float]) -> list:
-    """quantize.onnx.time_models answering `p50` (fp32, all-int8, then each float prefix): the choice, not the
-    clock, is under test here; the calls are recorded."""
+    """quantize.onnx.time_models answering `p50` (fp32, then the all-int8 model and each float prefix, each with
+    and without QDQ propagation): the choice, not the clock, is under test here; the calls are recorded."""
     from edgecnn.quantize import onnx as q
 
     calls = []
@@ -93,7 +93,7 @@ def _timed_as(monkeypatch, p50: list[float]) -> list:
 def test_x86_64_is_u8s8_and_every_conv_and_add_fuses(files, tmp_path, monkeypatch):
     from edgecnn.frameworks.ort import float_ops_after_optimisation
 
-    _timed_as(monkeypatch, [1.0, 1.0, 0.99, 0.98])  # no float prefix gains 5%: the all-int8 model stays
+    _timed_as(monkeypatch, [1.0, 1.0, 0.99, 0.99, 0.98, 0.98, 0.97])  # nothing gains 5%: all-int8 stays
     r, fused = _quantize(files, tmp_path, arch="x86_64")
     s = r.settings
     assert (s["arch"], s["activation_type"], s["weight_type"]) == ("x86_64", "uint8", "int8")
@@ -150,18 +150,60 @@ def test_float_prefix_is_kept_only_where_it_is_measured_faster(files, tmp_path, 
     prefixes = q.float_prefixes(pre)
     assert len(prefixes) == 2  # three convolutions: one or two of them in float, never all
     assert prefixes[0][-1] != "depthwise" and prefixes[0][0] == "stem" and "depthwise" in prefixes[1]
-    calls = _timed_as(monkeypatch, [1.0, 0.9, 0.6, 0.8])  # fp32, all-int8, stem in float, stem+depthwise
+    # fp32, then all-int8, stem in float, stem+depthwise in float: each with QDQ propagation, then without
+    calls = _timed_as(monkeypatch, [1.0, 0.9, 0.9, 0.6, 0.65, 0.8, 0.8])
     r, fused = _quantize(files, tmp_path / "a", arch="x86_64")
     check = r.settings["speed_check"]
-    assert calls == [["block.onnx", "speed-0.onnx", "speed-1.onnx", "speed-2.onnx"]]
+    assert calls == [["block.onnx", "speed-0.onnx", "speed-0-unpropagated.onnx", "speed-1.onnx",
+                      "speed-1-unpropagated.onnx", "speed-2.onnx", "speed-2-unpropagated.onnx"]]
     assert check["checked"] and check["float_prefix_convs"] == 1 and check["p50_ms"]["chosen"] == 0.6
+    assert check["disabled_optimizers"] == [] and len(check["candidates"]) == 6
     assert float_ops_after_optimisation(r.output)["Conv"] == (0, 2) and fused == []  # the stem reads float weights
     assert json.loads(r.report.read_text())["quantization"]["settings"]["speed_check"] == check
 
-    _timed_as(monkeypatch, [1.0, 0.9, 0.88, 0.87])  # under 5% faster: not worth a float layer
+    _timed_as(monkeypatch, [1.0, 0.9, 0.9, 0.88, 0.88, 0.87, 0.87])  # under 5% faster: not worth a float layer
     r = _quantize(files, tmp_path / "b", arch="x86_64")[0]
     assert r.settings["speed_check"]["float_prefix_convs"] == 0
     assert float_ops_after_optimisation(r.output)["Conv"] == (0, 3)
+
+
+def test_a_form_faster_without_qdq_propagation_says_so_to_every_session_and_the_runner(files, tmp_path,
+                                                                                      monkeypatch):
+    from edgecnn.frameworks.ort import disabled_optimizers, session
+    from edgecnn.quantize import onnx as q
+
+    # the stem-in-float form is fastest without propagation (YOLO-Lite's case: the pass hoists the
+    # QuantizeLinear above the stem's pooling); fallback quantizes of the session keep the choice
+    _timed_as(monkeypatch, [1.0, 0.9, 0.9, 0.8, 0.5, 0.8, 0.8])
+    r = _quantize(files, tmp_path / "q", arch="x86_64")[0]
+    check = r.settings["speed_check"]
+    assert check["float_prefix_convs"] == 1 and check["disabled_optimizers"] == q.UNPROPAGATED
+    assert disabled_optimizers(r.output) == q.UNPROPAGATED
+    assert disabled_optimizers(files["model"]) == []  # the float source asks for nothing
+    again = q.with_disabled_optimizers(r.output.read_bytes(), [])
+    assert disabled_optimizers(again) == [] and session(again).get_outputs()[0].name == "features"
+
+    from edgecnn.artifacts import load_bundle
+    from edgecnn.compile import compile_model
+    from edgecnn.runner.sessions import open_session, predict
+
+    out = tmp_path / "bundle"
+    compile_model(r.output, "host", backend="onnx", precision="int8", output_dir=out)
+    bundle = load_bundle(out)
+    assert bundle.manifest.backend_options["disabled_optimizers"] == q.UNPROPAGATED
+    x = np.random.default_rng(1).random((1, 32, 32, 3), np.float32)  # the block's batch is fixed at one
+    want = session(r.output).run(None, {"image": x.transpose(0, 3, 1, 2)})[0]
+    import onnxruntime as ort
+
+    opened, real = [], ort.InferenceSession
+
+    def spy(*args, **kwargs):  # what the runner asks onnxruntime for, not only what comes out
+        opened.append(kwargs.get("disabled_optimizers"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    assert np.allclose(predict(open_session(bundle, threads=1), x)[0], want, atol=1e-5)
+    assert opened == [q.UNPROPAGATED]
 
 
 def test_a_model_for_another_cpu_is_not_timed_here(files, tmp_path, monkeypatch):
