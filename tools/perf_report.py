@@ -9,7 +9,7 @@ runs, tuned up to that many trials first), and end-to-end time per image (decode
 times: the variants of a run share the machine's state, so their ratio is what transfers to another idle
 machine. The load average before and after each run is printed; run it on an idle machine.
 
-    python tools/perf_report.py                    # writes tools/perf_report.md and prints it
+    python tools/perf_report.py                    # writes tools/perf_report-<cpu>.md and prints it
     python tools/perf_report.py --runs 300 --threads 1 --backends tflite,onnx,tvm --tune-trials 3000 --twice
 
 --twice runs each bench a second time and gives the largest difference between the two runs' p50 of the
@@ -88,6 +88,16 @@ def table(doc: dict, models: list[str]) -> list[str]:
     return lines
 
 
+def cpu_name() -> str:
+    """LLVM's name for this CPU (the -mcpu in TVM's target and in a tuning database's key), or 'cpu unknown'."""
+    try:
+        from tvm.target import codegen
+
+        return f"-mcpu={codegen.llvm_get_system_cpu()}"
+    except Exception:  # noqa: BLE001 - no TVM here: the report still stands, without the name
+        return "cpu unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", type=int, default=300)
@@ -96,17 +106,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-trials", type=int, default=None,
                    help="tvm for MobileNetV2 1.0/224 tuned (bench --tune --trials N); the demo models stay untuned")
     p.add_argument("--twice", action="store_true", help="run each bench twice and report how far the p50s differ")
-    p.add_argument("--output", type=Path, default=REPO / "tools" / "perf_report.md")
+    p.add_argument("--cpu-time", action="store_true",
+                   help="bench --cpu-time: latency as CPU time per invoke (steadier where a hypervisor steals time)")
+    p.add_argument("--sets", default="demo,full", help="demo (the demo models), full (MobileNetV2 1.0/224) or both")
+    p.add_argument("--output", type=Path, default=None,
+                   help="default tools/perf_report-<cpu>.md: figures from one CPU are not those of another")
     a = p.parse_args(argv)
+    cpu = cpu_name()
+    output = a.output or REPO / "tools" / f"perf_report-{cpu.removeprefix('-mcpu=').replace(' ', '-')}.md"
+    clock = ["--cpu-time"] if a.cpu_time else []
     tune = ["--tune", "--trials", str(a.tune_trials)] if a.tune_trials and "tvm" in a.backends.split(",") else []
     if tune:  # the committed database of tools/tune_ratio.py's run, where this machine has none of its key
         sys.path.insert(0, str(REPO / "tools"))
         from tune_ratio import restore_databases
 
         restore_databases(lambda msg: print(msg, file=sys.stderr))
-    out = [f"# Speed ratios (tools/perf_report.py, {a.runs} runs, {a.threads} thread(s), host {os.uname().machine})",
-           ""]
-    for models, extra in ((list(DEMO), []), ([FULL], ["--weights", "random", "--calib", "demo-classification", *tune])):
+    out = [f"# Speed ratios (tools/perf_report.py, {a.runs} runs, {a.threads} thread(s), host {os.uname().machine}, "
+           f"{cpu}{', CPU time' if a.cpu_time else ''})", ""]
+    sets = {"demo": (list(DEMO), clock), "full": ([FULL], ["--weights", "random", "--calib", "demo-classification",
+                                                            *tune, *clock])}
+    unknown = set(a.sets.split(",")) - set(sets)
+    if unknown:
+        p.error(f"unknown --sets {', '.join(sorted(unknown))}: demo, full")
+    for models, extra in (sets[name] for name in a.sets.split(",")):
         cmd, doc = bench(models, a.backends, a.runs, a.threads, extra)
         loads = (doc["results"][0].get("timing") or {}).get("load_average") or [None, None]
         out += ["    python3 " + " ".join(cmd[1:]), "",
@@ -117,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             worst, which = agreement(doc, bench(models, a.backends, a.runs, a.threads, extra)[1])
             out += [f"Second run of the same bench: the p50s differ by at most {worst:.1%} ({which})", ""]
     text = "\n".join(out)
-    a.output.write_text(text)
+    output.write_text(text)
     print(text)
     return 0
 
