@@ -35,6 +35,19 @@ def host_arch() -> str:
     return _MACHINE_ALIASES.get(machine, machine)
 
 
+# /proc/cpuinfo flags of the 8-bit dot-product instructions int8 kernels are built on (x86 VNNI, Arm dotprod).
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "asimddp")
+
+
+def host_int8_dot() -> str | None:
+    """The first INT8_DOT_FLAGS flag this CPU lists; None without one, or where /proc/cpuinfo cannot be read."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text(errors="replace").split())
+    except OSError:
+        return None
+    return next((f for f in INT8_DOT_FLAGS if f in flags), None)
+
+
 @dataclass(frozen=True)
 class Gpu:
     name: str

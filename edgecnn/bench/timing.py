@@ -99,6 +99,16 @@ def _notes(rows: list[dict], before: float | None, after: float | None, cpu_time
     if wide:
         notes.append(f"round p50s spread more than {SPREAD_NOTE:.0%} for {', '.join(wide)}: conditions changed "
                      "during the run; treat those latencies as rough")
+    slower = _int8_not_faster(rows)
+    if slower:
+        from edgecnn.targets import host_int8_dot
+
+        dot = host_int8_dot()
+        notes.append(f"int8 was not faster than fp32 on this machine for {', '.join(slower)}: "
+                     + (f"this CPU has 8-bit dot products ({dot}), so the int8 kernels themselves are slow here"
+                        if dot else "this CPU has no 8-bit dot-product instructions (AVX-VNNI, AVX512-VNNI, Arm "
+                        "dotprod), on which int8 kernels gain most")
+                     + "; int8 speed is a property of the CPU: bench it on the board, or emulated for its counts")
     tails = [f"{_name(r)} (p90 {r['latency_ms']['p90'] / r['latency_ms']['p50']:.1f}x p50)" for r in rows
              if r.get("threads", 1) > 1 and r["latency_ms"]["p50"] > 0
              and r["latency_ms"]["p90"] > TAIL_NOTE * r["latency_ms"]["p50"]]
@@ -106,3 +116,17 @@ def _notes(rows: list[dict], before: float | None, after: float | None, cpu_time
         notes.append(f"long tails at {rows[0].get('threads')} threads: {', '.join(tails)}; thread-pool wake-ups "
                      "dominate small models, try --threads 1")
     return notes
+
+
+def _int8_not_faster(rows: list[dict]) -> list[str]:
+    """'mobilenet_v2 tflite (int8/fp32 1.48)' for each int8 row whose p50 is not below its fp32 twin's."""
+    def key(r: dict) -> tuple:
+        return r["model"], r["backend"], r.get("pruning"), r.get("weights")
+
+    fp32 = {key(r): r["latency_ms"]["p50"] for r in rows if r["precision"] == "fp32" and r.get("latency_ms")}
+    found = []
+    for r in rows:
+        base = fp32.get(key(r)) if r["precision"] == "int8" and r.get("latency_ms") else None
+        if base and r["latency_ms"]["p50"] >= base:
+            found.append(f"{Path(r['model']).name} {r['backend']} (int8/fp32 {r['latency_ms']['p50'] / base:.2f})")
+    return found

@@ -125,12 +125,10 @@ def quant_types(arch: str | None = None, vnni: bool | None = None) -> QuantTypes
 
 
 def _host_has_vnni() -> bool:
-    """True when /proc/cpuinfo lists AVX512-VNNI or AVX-VNNI; False where it cannot tell."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace").split()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    """True when this CPU has AVX512-VNNI or AVX-VNNI; False where it cannot tell."""
+    from edgecnn.targets import host_int8_dot
+
+    return host_int8_dot() in ("avx512_vnni", "avx_vnni")
 
 
 # Ops with weights: where a model's learned part ends, going back from its outputs.

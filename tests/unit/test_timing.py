@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -51,6 +52,35 @@ def test_notes_name_load_spread_and_tails(monkeypatch):
     assert "p90 4.5x p50" in text and "try --threads 1" in text
     one_thread = timing._notes([_row("a", 1.0, 4.5, 0.0, threads=1)], None, None, cpu_time=False)
     assert not any("long tails" in n for n in one_thread)  # one thread: a long tail is not wake-up noise
+
+
+def test_int8_not_faster_than_its_fp32_twin_is_said_with_what_the_cpu_lacks(monkeypatch):
+    from edgecnn import targets
+
+    def twin(model, p50, precision, backend="tflite"):
+        return {**_row(model, p50, p50, 0.0, threads=1), "precision": precision, "backend": backend}
+
+    rows = [twin("m", 1.0, "fp32"), twin("m", 1.48, "int8"), twin("m", 1.0, "fp32", "onnx"),
+            twin("m", 0.7, "int8", "onnx"), twin("n", 2.0, "fp32"), twin("other", 1.9, "int8")]
+    monkeypatch.setattr(targets, "host_int8_dot", lambda: None)
+    said = [n for n in timing._notes(rows, None, None, cpu_time=False) if "not faster" in n]
+    assert len(said) == 1 and "m tflite (int8/fp32 1.48)" in said[0] and "onnx" not in said[0]
+    assert "other" not in said[0] and "no 8-bit dot-product" in said[0]  # an int8 row without a twin: no claim
+    monkeypatch.setattr(targets, "host_int8_dot", lambda: "avx512_vnni")
+    said = [n for n in timing._notes(rows, None, None, cpu_time=False) if "not faster" in n]
+    assert "has 8-bit dot products (avx512_vnni)" in said[0]
+    assert not [n for n in timing._notes(rows[2:4], None, None, cpu_time=False) if "not faster" in n]
+
+
+def test_the_cpu_int8_dot_product_flag_is_read_from_cpuinfo(tmp_path, monkeypatch):
+    from edgecnn import targets
+
+    real = Path.read_text
+    for text, want in (("flags : sse avx2 fma\n", None), ("flags : avx2 avx_vnni\n", "avx_vnni"),
+                       ("Features : fp asimd asimddp\n", "asimddp")):
+        monkeypatch.setattr(Path, "read_text", lambda self, *a, _t=text, **k:
+                            _t if str(self) == "/proc/cpuinfo" else real(self, *a, **k))
+        assert targets.host_int8_dot() == want
 
 
 def test_default_threads_are_stable_ones(monkeypatch):
