@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from edgecnn.logfilter import is_noise
+from edgecnn.logfilter import LOG_ENV, is_noise
 from fixtures import colors
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,8 +61,11 @@ with native_logs():
 
 
 def _env(extra: dict | None) -> dict:
-    """This environment without EDGECNN_DEBUG and COLUMNS (as CI has it), plus `extra`."""
-    return {**{k: v for k, v in os.environ.items() if k not in ("EDGECNN_DEBUG", "COLUMNS")}, **(extra or {})}
+    """This environment without EDGECNN_DEBUG and COLUMNS (as CI has it), plus `extra`. Without
+    TF_CPP_MIN_LOG_LEVEL too, as a user's shell has it: an in-process test that entered edgecnn's log filter
+    left it set in this process (logfilter.LOG_ENV), and --verbose could then show no TensorFlow line."""
+    dropped = ("EDGECNN_DEBUG", "COLUMNS", *LOG_ENV)
+    return {**{k: v for k, v in os.environ.items() if k not in dropped}, **(extra or {})}
 
 
 def _python(code: str, env: dict | None = None) -> subprocess.CompletedProcess:
