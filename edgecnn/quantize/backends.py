@@ -244,7 +244,16 @@ class ONNXSession(QuantizerBackend):
         path = self.work / "fusion-check.onnx"
         path.write_bytes(int8_model)
         msg = self._o.fused_warning(path, self.types, self.work)
-        return [msg] if msg else []
+        return [m for m in (msg, self._slower_warning()) if m]
+
+    def _slower_warning(self) -> str | None:
+        """When even the fastest int8 form timed here lost to fp32 (a Paddle text classifier did: 3.12 vs 2.20 ms)."""
+        times = (self.speed or {}).get("p50_ms")
+        if not times or times["chosen"] < times["fp32"]:
+            return None
+        return (f"the int8 model is slower than fp32 on this CPU: p50 {times['chosen']:.2f} ms against "
+                f"{times['fp32']:.2f} ms, the fastest of {len(self.speed['candidates'])} int8 forms timed; keep fp32 "
+                "here, or bench int8 on the board, whose CPU may differ")
 
     def predictor(self, model: bytes) -> Predict:
         from edgecnn.frameworks.ort import predictor
