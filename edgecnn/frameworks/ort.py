@@ -32,14 +32,18 @@ def disabled_optimizers(model: bytes | Path | str) -> list[str]:
                  else onnx.load(str(model), load_external_data=False))
     except Exception:  # noqa: BLE001 - not a readable ONNX file: the session's own load says why
         return []
-    value = next((p.value for p in proto.metadata_props if p.key == DISABLED_OPTIMIZERS_KEY), "")
-    return [name for name in value.split(",") if name]
+    return _names({p.key: p.value for p in proto.metadata_props})
+
+
+def _names(metadata: dict[str, str]) -> list[str]:
+    return [name for name in metadata.get(DISABLED_OPTIMIZERS_KEY, "").split(",") if name]
 
 
 def session(model: bytes | Path | str, threads: int = 1, disabled: list[str] | None = None):
     """An InferenceSession on the CPU provider; ModelError for a model onnxruntime cannot load.
 
-    disabled: graph optimisers to leave out; None means what the model itself asks for (disabled_optimizers).
+    disabled: graph optimisers to leave out; None means what the model itself asks for (read from the loaded
+    session's metadata, so a model that asks for nothing is read once; one that asks is loaded again without them).
     """
     import onnxruntime as ort
 
@@ -48,9 +52,13 @@ def session(model: bytes | Path | str, threads: int = 1, disabled: list[str] | N
     opts.inter_op_num_threads = 1
     opts.log_severity_level = QUIET
     source = model if isinstance(model, (bytes, bytearray)) else str(model)
-    skip = disabled_optimizers(model) if disabled is None else disabled
     try:
-        return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], disabled_optimizers=skip)
+        sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=disabled or [])
+        asked = _names(sess.get_modelmeta().custom_metadata_map) if disabled is None else []
+        if asked:
+            sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"], disabled_optimizers=asked)
+        return sess
     except _load_errors() as e:
         raise ModelError(f"onnxruntime cannot load the model: {str(e).splitlines()[0]}") from None
 

@@ -208,6 +208,12 @@ def test_a_form_faster_without_qdq_propagation_says_so_to_every_session_and_the_
     monkeypatch.setattr(ort, "InferenceSession", spy)
     assert np.allclose(predict(open_session(bundle, threads=1), x)[0], want, atol=1e-5)
     assert opened == [q.UNPROPAGATED]
+    opened.clear()
+    session(r.output)  # edgecnn's own sessions: read once, then opened without what the model asks to skip
+    assert opened == [[], q.UNPROPAGATED]
+    opened.clear()
+    session(files["model"])
+    assert opened == [[]]  # a model that asks for nothing is loaded once
 
 
 def test_a_model_for_another_cpu_is_not_timed_here(files, tmp_path, monkeypatch):
