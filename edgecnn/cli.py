@@ -429,7 +429,8 @@ def bench_cmd(target, models, backend, precision, prune, weights, data, calib, d
             check_output(path, "file", what)
     from edgecnn import report
     from edgecnn.bench.baseline import Thresholds, compare, load_baseline
-    from edgecnn.bench.pipeline import bench, make_plan
+    from edgecnn.bench.pipeline import bench
+    from edgecnn.bench.plan import make_plan
 
     thresholds = Thresholds(max_map_drop, max_top1_drop, max_latency_increase, max_instructions_increase)
     base = load_baseline(baseline) if baseline else None  # a bad baseline fails before minutes of work

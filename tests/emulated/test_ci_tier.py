@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from edgecnn.bench.baseline import Thresholds, compare, load_baseline
-from edgecnn.bench.pipeline import bench, make_plan
+from edgecnn.bench.pipeline import bench
+from edgecnn.bench.plan import make_plan
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.emulated

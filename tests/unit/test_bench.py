@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edgecnn.bench.pipeline import Mode, make_plan, parse_prune
+from edgecnn.bench.plan import Mode, make_plan, parse_prune
 from edgecnn.cli import main
 from edgecnn.errors import DataError, TargetError
 

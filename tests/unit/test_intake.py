@@ -66,7 +66,8 @@ def test_nchw_onnx_quantizes_with_calibration_in_its_layout(user, tmp_path):
 
 
 def test_bench_takes_the_user_onnx_with_its_own_data(user, tmp_path):
-    from edgecnn.bench.pipeline import bench, make_plan
+    from edgecnn.bench.pipeline import bench
+    from edgecnn.bench.plan import make_plan
 
     plan = make_plan("host", models=[str(user["model"])], backends=["onnx"], precisions=["fp32", "int8"],
                      data=str(user["val"]), calib=str(user["calib"]), runs=3, warmup=1, threads=1)
@@ -213,7 +214,8 @@ def test_float16_tflite_quantizes_through_onnx(tflites, user, tmp_path):
 
 
 def test_bench_takes_tflite_and_onnx_files_at_their_own_precision(tflites, user):
-    from edgecnn.bench.pipeline import bench, make_plan
+    from edgecnn.bench.pipeline import bench
+    from edgecnn.bench.plan import make_plan
 
     plan = make_plan("host", models=[str(tflites["fp16"]), str(user["model"])], data=str(user["val"]),
                      runs=3, warmup=1, threads=1)

@@ -71,7 +71,7 @@ def _prune(files, out):
 
 
 def _plan(files, out):
-    from edgecnn.bench.pipeline import make_plan
+    from edgecnn.bench.plan import make_plan
 
     return make_plan("host", models=[MISSING], data=str(files["calib"]), calib=str(files["calib"]))
 

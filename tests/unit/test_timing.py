@@ -94,7 +94,8 @@ def test_default_threads_are_stable_ones(monkeypatch):
 
 def test_bench_rows_are_timed_side_by_side(bundles, tmp_path, monkeypatch):
     """Two variants in one native bench: both latencies come from the same interleaved run."""
-    from edgecnn.bench.pipeline import bench, make_plan
+    from edgecnn.bench.pipeline import bench
+    from edgecnn.bench.plan import make_plan
 
     monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
     plan = make_plan("host", models=["mobilenet_v1"], backends=["tflite", "onnx"], precisions=["fp32"], runs=6,
