@@ -56,7 +56,7 @@ class Gpu:
 
 
 # The cost model's features (edgecnn.emulate.cost documents each).
-COST_FEATURES = ("vec_fmul", "vec_imul", "other", "l1_miss", "traffic", "futex")
+COST_FEATURES = ("vec_fmul", "vec_imul", "l1_miss_all", "l2_miss", "futex")
 
 
 @dataclass(frozen=True)

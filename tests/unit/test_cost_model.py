@@ -39,7 +39,11 @@ def test_features_take_the_busiest_thread_and_all_threads_memory():
                {"insn": 140, "vec_fmul": 70, "vec_imul": 10, "l1_miss": 7, "l2_miss": 4, "futex": 1,
                 "load_bytes": 1280, "store_bytes": 0}]
     f = cost.features(threads)
-    assert f == {"vec_fmul": 70, "vec_imul": 10, "other": 60, "l1_miss": 7, "traffic": 31, "futex": 1, "dram": 6}
+    # The busiest thread (the second: more instructions) for multiplies, L2 misses and futex calls; all
+    # threads' L1 misses, which the one shared L2 serves.
+    assert {k: f[k] for k in cost.FEATURES} == {"vec_fmul": 70, "vec_imul": 10, "l1_miss_all": 12, "l2_miss": 4,
+                                                "futex": 1}
+    assert f["other"] == 60 and f["traffic"] == 31 and f["dram"] == 6  # reported, not weighed
     with pytest.raises(ValueError):
         cost.features([])
 
@@ -90,10 +94,10 @@ def test_toml_weights_are_the_fit_of_the_committed_points(board):
 
 
 def test_int8_over_fp32_is_predicted():
-    """Every network with a published int8 figure, left out of the fit: on the Pi 4 (a free fit) the
-    predicted int8/fp32 ratio is within 0.2 of the published one (an instruction count alone says 1.08 for
-    MobileNetV1 on the A72, published 0.68 at 1 thread); on a board fitted as the Pi 4's weights times one
-    factor, it at least goes the published way."""
+    """Every network with a published int8 figure, left out of the fit: the predicted int8/fp32 ratio goes
+    the published way on every board (issue 17: the first fit put SqueezeNet-SSD int8 at 1 thread 4% slower
+    than fp32, published 12% faster), and on the Pi 4 (a free fit) it is within 0.2 of the published one
+    (an instruction count alone says 1.08 for MobileNetV1 on the A72, published 0.68 at 1 thread)."""
     table = cost.published()
     checked = 0
     for board in cost.BOARDS:
@@ -105,9 +109,8 @@ def test_int8_over_fp32_is_predicted():
                 continue
             ratio = p_int8 / pred[(base, threads)]
             published_ratio = table[board][net][threads] / table[board][base][threads]
+            assert (ratio < 1) == (published_ratio < 1), (board, net, threads, ratio, published_ratio)
             if fitted["method"] == "free":
                 assert abs(ratio - published_ratio) <= 0.2, (board, net, threads, ratio, published_ratio)
-            else:
-                assert (ratio < 1) == (published_ratio < 1), (board, net, threads, ratio, published_ratio)
             checked += 1
     assert checked >= 8  # the Pi 4's four int8 networks at 1 and 4 threads
