@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 from edgecnn.emulate import cost  # noqa: E402
 
 MIN_NETWORKS = 4  # fewer and a left-out network is predicted by a fit on two or three: no check at all
-# The profile's quantities the feature choice looked at (cost.features computes the first ten).
+# The profile's quantities the feature choice looked at (cost.features computes the first nine).
 CANDIDATES = ("vec_fmul", "vec_imul", "other", "l1_miss", "l1_miss_all", "traffic", "dram", "l2_miss", "futex",
               "mul_mix", "insn", "mem_ops", "vec_mem")
 SUBSET_SIZES = (3, 4, 5)
@@ -59,14 +59,28 @@ def _subsets():
             yield names
 
 
+def int8_pairs(rows: list[dict]):
+    """(int8 row, its fp32 row at the same thread count) for each network with both."""
+    by = {(r["network"], r["threads"]): r for r in rows}
+    for (net, threads), r in sorted(by.items()):
+        base = by.get((net.removesuffix("_int8"), threads))
+        if net.endswith("_int8") and base:
+            yield r, base
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """Published against predicted, one line per point."""
+    return (["| network | precision | threads | published ms | predicted ms | error |", "|---|---|---:|---:|---:|---:|"]
+            + [f"| {r['network']} | {r['precision']} | {r['threads']} | {r['published']:.2f} | "
+               f"{r['predicted']:.2f} | {r['error']:+.1%} |" for r in rows])
+
+
 def _rank(points: list[dict], measured: dict, names: tuple) -> tuple:
     """How a feature set does left-one-out: (any int8/fp32 ratio the wrong way, worst |error| at a thread
     count, median |error|); lower is better."""
     rows = cost.leave_one_out(points, measured, lambda p, m: cost.fit(p, m, names))
-    by = {(r["network"], r["threads"]): r for r in rows}
-    wrong = any((r["predicted"] / by[(n.removesuffix("_int8"), t)]["predicted"] < 1)
-                != (measured[r["key"]] / measured[by[(n.removesuffix("_int8"), t)]["key"]] < 1)
-                for (n, t), r in by.items() if n.endswith("_int8") and (n.removesuffix("_int8"), t) in by)
+    wrong = any((r["predicted"] < base["predicted"]) != (r["published"] < base["published"])
+                for r, base in int8_pairs(rows))
     threads = sorted({r["threads"] for r in rows})
     summaries = [cost.error_summary([r for r in rows if r["threads"] == t]) for t in threads]
     return wrong, max(s["worst"] for s in summaries), max(s["median"] for s in summaries)
@@ -115,16 +129,10 @@ def write_toml(board: str, text: str) -> None:
     path.write_text(head.rstrip("\n") + "\n\n" + text)
 
 
-def ratio_lines(rows: list[dict], published: dict) -> list[str]:
+def ratio_lines(rows: list[dict]) -> list[str]:
     """int8/fp32, predicted left-one-out against published, for each network with both."""
-    by = {(r["network"], r["threads"]): r for r in rows}
-    out = []
-    for (net, threads), r in sorted(by.items()):
-        base = by.get((net.removesuffix("_int8"), threads))
-        if net.endswith("_int8") and base:
-            pub = published[net][threads] / published[base["network"]][threads]
-            pred = r["predicted"] / base["predicted"]
-            out.append(f"{net.removesuffix('_int8')} at {threads} thread(s) {pred:.2f} (published {pub:.2f})")
+    out = [f"{base['network']} at {r['threads']} thread(s) {r['predicted'] / base['predicted']:.2f} "
+           f"(published {r['published'] / base['published']:.2f})" for r, base in int8_pairs(rows)]
     return ["", "int8/fp32, predicted left-one-out: " + "; ".join(out) + "."] if out else []
 
 
@@ -134,11 +142,8 @@ def nested_lines(points: list[dict], measured: dict) -> list[str]:
     chosen = sorted({r["features"] for r in rows})
     lines = ["", "Nested check (the features chosen again in each fold, without the network predicted): "
              + "; ".join(f"{t} thread(s): median {s['median']:.1%}, worst {s['worst']:.1%}" for t, s in by_threads.items())
-             + f". Feature sets chosen: " + "; ".join(", ".join(c) for c in chosen) + ".", "",
-             "| network | precision | threads | published ms | predicted ms | error |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['network']} | {r['precision']} | {r['threads']} | {r['published']:.2f} | {r['predicted']:.2f} | "
-              f"{r['error']:+.1%} |" for r in rows]
-    return lines + [""]
+             + ". Feature sets chosen: " + "; ".join(", ".join(c) for c in chosen) + ".", ""]
+    return lines + table_lines(rows) + [""]
 
 
 def main() -> None:
@@ -168,11 +173,8 @@ def main() -> None:
                    "", f"Leave-one-out |error|: median {summary['median']:.1%}, worst {summary['worst']:.1%} "
                    f"({summary['points']} points); " + "; ".join(
                        f"{t} thread(s): median {s['median']:.1%}, worst {s['worst']:.1%}" for t, s in by_threads.items()),
-                   "", "| network | precision | threads | published ms | predicted ms | error |",
-                   "|---|---|---:|---:|---:|---:|"]
-        report += [f"| {r['network']} | {r['precision']} | {r['threads']} | {r['published']:.2f} | "
-                   f"{r['predicted']:.2f} | {r['error']:+.1%} |" for r in rows]
-        report += ratio_lines(rows, table[board]) + [""]
+                   ""] + table_lines(rows)
+        report += ratio_lines(rows) + [""]
         if args.nested and board == cost.BASE_BOARD:
             report += nested_lines(*cost.board_points(doc, board, table))
         if not args.check:

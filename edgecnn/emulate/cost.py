@@ -174,7 +174,7 @@ def error_summary(rows: list[dict]) -> dict[str, float]:
 
 # A board with fewer points than this per feature gets the base board's weights times one fitted factor
 # (its clock, memory and core in one number) instead of a free fit: five free weights on ten published
-# figures (the Pi 3) fitted them and predicted nothing (74% off left-one-out, against 32% scaled).
+# figures (the Pi 3) fitted them and predicted nothing (74% off left-one-out, against 22% scaled).
 POINTS_PER_FEATURE = 3
 BASE_BOARD = "a72"
 
