@@ -22,7 +22,7 @@ import click
 
 from edgecnn import __version__, render
 from edgecnn.errors import EdgecnnError, EdgecnnWarning, one_line
-from edgecnn.paths import Terminated, check_output, process_scope, stopped_by
+from edgecnn.paths import Terminated, check_output, process_scope, stopped_by, stopped_stderr
 from edgecnn.kinds import (Arch, Backend, IOType, Kind, OutputFormat, Precision, PruneImportance, PruneMethod,
                            PruneScope, QuantBackend, QuantMethod, ReportFormat)
 
@@ -512,8 +512,15 @@ def emulator_status(fmt: str) -> None:
 def _stopped(cause: BaseException | None) -> None:
     """One line and the shell's exit code: 130 for Ctrl-C, 143 for SIGTERM (paths.Terminated)."""
     terminated = isinstance(cause, Terminated)
+    stopped_stderr()
     click.echo("Error: terminated" if terminated else "Error: interrupted", err=True)
     sys.exit(143 if terminated else 130)
+
+
+def _stopped_first() -> None:
+    """Report the interrupt when one arrived: an error that followed it is its consequence."""
+    if stopped_by() is not None:
+        _stopped(Terminated() if stopped_by() == signal.SIGTERM else KeyboardInterrupt())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -522,6 +529,7 @@ def main(argv: list[str] | None = None) -> None:
         with process_scope(), notes_on_stderr():  # SIGTERM cleans up like Ctrl-C; stale temporaries swept
             cli.main(args=argv, prog_name="edgecnn", standalone_mode=False)
     except EdgecnnError as e:
+        _stopped_first()  # a library broken by the interrupt, whose error edgecnn then worded: the interrupt
         click.echo(f"Error: {one_line(e)}", err=True)
         sys.exit(e.exit_code)
     except click.exceptions.Abort as e:  # click's wrapping of a KeyboardInterrupt (or a Terminated)
@@ -532,8 +540,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt as e:
         _stopped(e)
     except Exception as e:  # a bug, not bad input: one line unless the user asks for the traceback
-        if stopped_by() is not None:  # an interrupt that broke a library mid-import: still the interrupt
-            _stopped(Terminated() if stopped_by() == signal.SIGTERM else KeyboardInterrupt())
+        _stopped_first()  # an interrupt that broke a library mid-import: still the interrupt
         if os.environ.get("EDGECNN_DEBUG"):
             raise
         click.echo(f"Error: internal error: {type(e).__name__}: {one_line(e)} "

@@ -294,6 +294,7 @@ def process_scope(sweep: bool = True) -> Iterator[None]:
     `sweep`, stale temporaries of dead processes are removed first; a failing sweep never stops
     the command. The previous SIGTERM handler comes back at the end.
     """
+    _STOPPED_BY.clear()
     previous = _handle_sigterm()
     previous_int = _note_sigint()
     try:
@@ -304,6 +305,7 @@ def process_scope(sweep: bool = True) -> Iterator[None]:
                 pass
         yield
     finally:
+        stopped_stderr()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
         if previous_int is not None:
@@ -322,9 +324,41 @@ def stopped_by() -> int | None:
     return _STOPPED_BY[0] if _STOPPED_BY else None
 
 
+_REAL_STDERR: list = []  # sys.stderr as it was before an interrupt muted the libraries' reports of it
+
+
+def _stop(signum: int) -> None:
+    """Note the signal and mute sys.stderr: a library whose C code the interrupt broke prints a traceback of
+    its own on the way out (TensorFlow's nest.flatten in the middle of an import); edgecnn's one line about
+    the interrupt goes to the real stderr (stopped_stderr)."""
+    import io
+    import sys
+
+    _STOPPED_BY.append(signum)
+    if not _REAL_STDERR:
+        _REAL_STDERR.append(sys.stderr)
+        sys.stderr = io.StringIO()
+
+
+def raise_if_stopped() -> None:
+    """The interrupt again, where a library swallowed it (TensorFlow's converter falls back on any
+    exception, and the one an interrupt causes inside its C code is an ordinary SystemError)."""
+    if _STOPPED_BY:
+        raise Terminated() if _STOPPED_BY[0] == signal.SIGTERM else KeyboardInterrupt()
+
+
+def stopped_stderr():
+    """The stderr to say the interrupt on: the real one, muted since the signal arrived."""
+    import sys
+
+    if _REAL_STDERR:
+        sys.stderr = _REAL_STDERR.pop()
+    return sys.stderr
+
+
 def _note_sigint():
     def interrupt(signum, frame):
-        _STOPPED_BY.append(signum)
+        _stop(signum)
         raise KeyboardInterrupt()
 
     try:
@@ -340,7 +374,7 @@ def _note_sigint():
 def _handle_sigterm():
     def terminate(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not cut the cleanup short
-        _STOPPED_BY.append(signum)
+        _stop(signum)
         raise Terminated()
 
     try:

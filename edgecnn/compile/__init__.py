@@ -112,7 +112,7 @@ def compile_model(model: str | Path, target, *, backend: str | None = None, prec
     job = Job(source, t, backend, precision, calib, tune, trials, say)
     comp.check(job)
     check_calibration(job)
-    key = cache.bundle_key(_key_parts(job, comp))
+    key = cache.bundle_key(bundle_key_parts(job, comp))
     bundle, cached = cache.lookup(key), True
     if bundle is None:
         cached = False
@@ -141,7 +141,7 @@ def _alias_after_tuning(bundle, job, comp) -> None:
 
     from edgecnn.artifacts import write_manifest
 
-    after = cache.bundle_key(_key_parts(job, comp))
+    after = cache.bundle_key(bundle_key_parts(job, comp))
     if after == bundle.manifest.cache_key or cache.lookup(after) is not None:
         return
     with cache.building(after) as folder:
@@ -150,7 +150,7 @@ def _alias_after_tuning(bundle, job, comp) -> None:
         write_manifest(folder, dataclasses.replace(bundle.manifest, cache_key=after))
 
 
-def _key_parts(job, comp) -> dict:
+def bundle_key_parts(job, comp) -> dict:
     """Everything that decides the bundle's bytes (cache.bundle_key adds the compile code version)."""
     parts = {"source": job.source.sha256, "backend": job.backend, "precision": job.precision,
              # The cost model and cache sizes describe the board's timing, not the code built for it.

@@ -137,12 +137,28 @@ def quantize_int8(job: Job, backend: str, work: Path) -> tuple[Path, dict]:
 
     Demo-weight zoo models calibrate on the demo set of their task by default;
     anything else needs a calibration set, because ranges from the wrong images
-    would quietly ruin accuracy.
+    would quietly ruin accuracy. The result is kept by content (quantized_key):
+    the same model, images and tools give the same int8 file for every board of
+    one CPU architecture, so an a53 bundle reuses the a72's quantization (its
+    warnings are said again) instead of calibrating and validating once more.
     """
+    import json
+    import shutil
+    import warnings
+
+    from edgecnn.errors import EdgecnnWarning
+    from edgecnn.paths import atomic_dir, cache_dir
     from edgecnn.quantize import quantize
 
     src = job.source
     check_calibration(job)
+    kept = cache_dir("quantized") / quantized_key(job, backend)
+    if (kept / INFO_FILE).is_file():
+        info = json.loads((kept / INFO_FILE).read_text())
+        job.log(f"quantize: the int8 model made for {info['made_for']} (same model, images and tools), from the cache")
+        for msg in info["quantization"]["warnings"]:
+            warnings.warn(msg, EdgecnnWarning, stacklevel=2)
+        return kept / info["file"], {"quantization": info["quantization"]}
     calib = job.calib if job.calib is not None else f"demo-{src.task}"
     # Its notes are warned as they are made (the CLI prints them then, even when the quantize fails).
     result = quantize(src, calib, work / "quantized", backend=backend, weights=src.weights or "demo",
@@ -150,4 +166,19 @@ def quantize_int8(job: Job, backend: str, work: Path) -> tuple[Path, dict]:
     info = {"quantization": {"calibration": result.calibration, "validation": result.validation,
                              "accuracy": result.accuracy, "outputs": result.outputs,
                              "settings": result.settings, "warnings": result.warnings}}
+    with atomic_dir(kept) as tmp:
+        shutil.copyfile(result.output, tmp / Path(result.output).name)
+        (tmp / INFO_FILE).write_text(json.dumps({"file": Path(result.output).name, "made_for": job.target.name,
+                                                 **info}, default=str))
     return result.output, info
+
+
+INFO_FILE = "quantized.json"
+
+
+def quantized_key(job: Job, backend: str) -> str:
+    """The bundle key's parts that decide the int8 file: the board only by its CPU architecture."""
+    from edgecnn.compile import bundle_key_parts, cache, compiler
+
+    parts = {k: v for k, v in bundle_key_parts(job, compiler(backend)).items() if k not in ("target", "verify_images")}
+    return cache.bundle_key({**parts, "arch": job.target.arch, "for": "quantized"})

@@ -73,7 +73,7 @@ def build(job: Job, out: Path, work: Path) -> Built:
         from edgecnn.frameworks.tf import onnx_float
 
         job.log(f"onnx: exporting {src.name} with tf2onnx")
-        path = onnx_float(src.keras_model, work / "float.onnx")
+        path = onnx_float(src, work / "float.onnx")
     shutil.copyfile(path, out / MODEL_FILE)
     inputs, outputs = tensor_specs(out / MODEL_FILE, src.layout)
     if src.kind == "tflite" and src.precision == "int8":

@@ -61,7 +61,7 @@ def build(job: Job, out: Path, work: Path) -> Built:
         shutil.copyfile(path, out / MODEL_FILE)
     else:
         job.log(f"tflite: converting {src.name} ({job.precision})")
-        data = tflite_float(src.keras_model) if job.precision == "fp32" else tflite_fp16(src.keras_model)
+        data = tflite_float(src) if job.precision == "fp32" else tflite_fp16(src)
         (out / MODEL_FILE).write_bytes(data)
     data = (out / MODEL_FILE).read_bytes()
     inputs, outputs = tensor_specs(data)

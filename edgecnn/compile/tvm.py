@@ -110,7 +110,7 @@ def import_module(job: Job, work: Path):
         from edgecnn.frameworks.tf import onnx_float
 
         job.log(f"tvm: exporting {src.name} to ONNX (tf2onnx)")
-        path = onnx_float(src.keras_model, work / "float.onnx")
+        path = onnx_float(src, work / "float.onnx")
     else:
         path = src.path  # intake has bound and simplified it already
     model = onnx.load(str(path))

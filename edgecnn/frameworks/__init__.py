@@ -20,6 +20,7 @@ import os
 import sys
 
 from edgecnn.logfilter import native_logs
+from edgecnn.paths import raise_if_stopped
 
 
 @contextlib.contextmanager
@@ -43,3 +44,4 @@ def quiet(stderr: bool = True):
         sys.stdout.flush()
         os.dup2(saved, 1)
         os.close(saved)
+        raise_if_stopped()  # an interrupt the framework caught and carried on from still stops the command

@@ -108,7 +108,7 @@ class TFLiteSession(QuantizerBackend):
     def export_float(self) -> bytes:
         from edgecnn.frameworks.tf import tflite_float
 
-        return tflite_float(self.source.keras_model)
+        return tflite_float(self.source)
 
     def use_method(self, method: str, percentile: float | None = None) -> None:
         """Quantize from now on with another calibration method (the recorded statistics are reused)."""
@@ -117,7 +117,7 @@ class TFLiteSession(QuantizerBackend):
 
     def quantize(self, float_layers: Sequence[str] = ()) -> bytes:
         if self._recorded is None:
-            self._recorded = self._t.calibrate(self.source.keras_model, self.calib)
+            self._recorded = self._t.calibrate(self.source, self.calib)
         if self._calibrated is None:
             self._calibrated = self._recorded
             if self.method == Method.PERCENTILE.value:
@@ -166,7 +166,7 @@ class ONNXSession(QuantizerBackend):
 
             self.float_path = tflite_to_onnx(source.path, work / "float.onnx")
         else:
-            self.float_path = onnx_backend.export_float(source.keras_model, work)
+            self.float_path = onnx_backend.export_float(source, work)
         self.calib = calib.renamed(onnx_backend.input_name(self.float_path), layout=source.layout)
         self.types = onnx_backend.quant_types()
         self.float_prefix: list[str] = []  # leading layers kept in float because it is faster (speed_check)

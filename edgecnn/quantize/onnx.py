@@ -27,9 +27,9 @@ from edgecnn.quantize.calibration import CalibrationData
 SUFFIX = ".onnx"
 
 
-def export_float(keras_model, work: Path) -> Path:
+def export_float(model, work: Path) -> Path:
     """Keras -> ONNX (NHWC input named 'input', batch dimension free) as work/float.onnx; returns the file."""
-    return onnx_float(keras_model, work / "float.onnx")
+    return onnx_float(model, work / "float.onnx")
 
 
 def input_name(path: Path) -> str:

@@ -25,11 +25,12 @@ SUFFIX = ".tflite"
 _TRANSPORT_OPS = {"QUANTIZE", "DEQUANTIZE", "NumericVerify"}
 
 
-def calibrate(keras_model, calib: CalibrationData) -> bytes:
-    """Run the representative data set through the model; a float flatbuffer with recorded ranges."""
+def calibrate(model, calib: CalibrationData) -> bytes:
+    """Run the representative data set through the model (a Keras SourceModel or keras.Model); a float
+    flatbuffer with recorded ranges."""
     import tensorflow as tf
 
-    c = tflite_converter(keras_model)
+    c = tflite_converter(model)
     c.optimizations = [tf.lite.Optimize.DEFAULT]
     c.representative_dataset = calib.representative_dataset()
     c.experimental_new_quantizer = True

@@ -105,6 +105,38 @@ def test_int8_and_fp16_tflite(files, tmp_path):
     assert half.bundle.manifest.precision == "fp16" and half.bundle.manifest.verification["status"] == "passed"
 
 
+def test_boards_of_one_architecture_share_the_int8_model_and_the_exports(files, tmp_path, monkeypatch):
+    """The a72 int8 bundle reuses the a53's quantization (same file, same figures), and a Keras source is
+    exported for the TFLite converter once; an x86 int8 model has a key of its own."""
+    import edgecnn.quantize as quantize
+    from edgecnn.compile.job import Job, quantized_key
+    from edgecnn.frameworks import tf as etf
+    from edgecnn.source import load_source
+    from edgecnn.targets import get_target
+
+    a53 = _compile(files, "a53", tmp_path / "a53", backend="tflite", precision="int8")
+
+    def again(*_args, **_kw):
+        raise AssertionError("made a second time")
+
+    monkeypatch.setattr(quantize, "quantize", again)
+    monkeypatch.setattr(etf, "_export_saved_model", again)
+    a72 = _compile(files, "a72", tmp_path / "a72", backend="tflite", precision="int8")
+    assert not a72.cached and a72.bundle.manifest.cache_key != a53.bundle.manifest.cache_key
+    assert a72.bundle.file().read_bytes() == a53.bundle.file().read_bytes()
+    assert a72.bundle.manifest.verification["quantization"] == a53.bundle.manifest.verification["quantization"]
+    assert a72.bundle.manifest.verification["status"] == "passed"
+    source = load_source(files["model"])
+    kept = _compile(files, "a72", tmp_path / "fp32", backend="tflite").bundle.file().read_bytes()
+    assert kept == etf.tflite_float(source)  # read back, not converted (nothing may export again)
+    monkeypatch.undo()
+    direct = etf.tflite_float(source.keras_model)  # from_keras_model, exporting to a temporary folder
+    assert len(direct) == len(kept) and sum(a != b for a, b in zip(direct, kept)) <= 1  # the source-format byte
+    keys = {quantized_key(Job(source, get_target(t), "tflite", "int8", files["calib"]), "tflite")
+            for t in ("a53", "a72", "host")}
+    assert len(keys) == 2
+
+
 def test_cache_hit_and_new_key_on_changed_input(files, tmp_path):
     first = _compile(files, "host", tmp_path / "a", backend="onnx")
     second = _compile(files, "host", tmp_path / "b", backend="onnx")
