@@ -22,7 +22,7 @@ import click
 
 from edgecnn import __version__, render
 from edgecnn.errors import EdgecnnError, EdgecnnWarning, one_line
-from edgecnn.paths import Terminated, check_output, process_scope, stopped_by, stopped_stderr
+from edgecnn.paths import Terminated, check_output, process_scope, stopped_by
 from edgecnn.kinds import (Arch, Backend, IOType, Kind, OutputFormat, Precision, PruneImportance, PruneMethod,
                            PruneScope, QuantBackend, QuantMethod, ReportFormat)
 
@@ -512,7 +512,6 @@ def emulator_status(fmt: str) -> None:
 def _stopped(cause: BaseException | None) -> None:
     """One line and the shell's exit code: 130 for Ctrl-C, 143 for SIGTERM (paths.Terminated)."""
     terminated = isinstance(cause, Terminated)
-    stopped_stderr()
     click.echo("Error: terminated" if terminated else "Error: interrupted", err=True)
     sys.exit(143 if terminated else 130)
 

@@ -330,7 +330,7 @@ _REAL_STDERR: list = []  # sys.stderr as it was before an interrupt muted the li
 def _stop(signum: int) -> None:
     """Note the signal and mute sys.stderr: a library whose C code the interrupt broke prints a traceback of
     its own on the way out (TensorFlow's nest.flatten in the middle of an import); edgecnn's one line about
-    the interrupt goes to the real stderr (stopped_stderr)."""
+    the interrupt goes to the real stderr, which process_scope puts back on its way out."""
     import io
     import sys
 
