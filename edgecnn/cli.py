@@ -413,6 +413,9 @@ _regression_options = options(
               help="With --tune: total trials of each model's tuning database [default: compile's].")
 @click.option("--cpu-time", is_flag=True, default=False,
               help="Native runs: latency as process CPU time per invoke (steadier on a busy machine).")
+@click.option("--no-amx", is_flag=True, default=False,
+              help="Native runs on an x86 CPU with AMX: the runtimes may not use it (XNNPACK's int8 AMX kernels "
+                   "are slower than its VNNI ones on small layers).")
 @_regression_options
 @click.option("--format", "fmt", type=choice(ReportFormat), default=ReportFormat.TABLE.value, show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Also write the report here.")
@@ -421,8 +424,9 @@ _regression_options = options(
               help="Write predictions on --data as JSON (COCO results with the data set's ids for detectors); "
                    "one file per variant, FILE-<model>-<backend>-<precision>.json, when there are several.")
 def bench_cmd(target, models, backend, precision, prune, weights, data, calib, device, ssh_options, remote_python,
-              emulate, limit, runs, warmup, threads, tune, trials, cpu_time, baseline, max_map_drop, max_top1_drop,
-              max_latency_increase, max_instructions_increase, fmt, output, plot, save_predictions, contract) -> None:
+              emulate, limit, runs, warmup, threads, tune, trials, cpu_time, no_amx, baseline, max_map_drop,
+              max_top1_drop, max_latency_increase, max_instructions_increase, fmt, output, plot, save_predictions,
+              contract) -> None:
     """Benchmark models on a target: latency percentiles, FPS, accuracy; native, emulated or over SSH."""
     for path, what in ((output, "--output"), (plot, "--plot")):  # written at the end: checked first
         if path:
@@ -438,7 +442,7 @@ def bench_cmd(target, models, backend, precision, prune, weights, data, calib, d
                      prunes=prune, device=device, emulate=emulate, data=data, limit=limit, runs=runs,
                      warmup=warmup, threads=threads, weights=weights, ssh_options=tuple(ssh_options),
                      remote_python=remote_python, calib=calib, contract=contract, save_predictions=save_predictions,
-                     cpu_time=cpu_time, tune=_tune_trials(tune, trials))
+                     cpu_time=cpu_time, tune=_tune_trials(tune, trials), no_amx=no_amx)
     doc = bench(plan) if fmt != ReportFormat.TABLE and output is None else render.with_progress(plan, bench)
     text = report.render(doc, ReportFormat.MD.value if fmt == ReportFormat.TABLE else fmt)
     if output:

@@ -108,13 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--twice", action="store_true", help="run each bench twice and report how far the p50s differ")
     p.add_argument("--cpu-time", action="store_true",
                    help="bench --cpu-time: latency as CPU time per invoke (steadier where a hypervisor steals time)")
+    p.add_argument("--no-amx", action="store_true",
+                   help="bench --no-amx: on an x86 CPU with AMX, the runtimes may not use it (edgecnn.runner.amx)")
     p.add_argument("--sets", default="demo,full", help="demo (the demo models), full (MobileNetV2 1.0/224) or both")
     p.add_argument("--output", type=Path, default=None,
                    help="default tools/perf_report-<cpu>.md: figures from one CPU are not those of another")
     a = p.parse_args(argv)
     cpu = cpu_name()
-    output = a.output or REPO / "tools" / f"perf_report-{cpu.removeprefix('-mcpu=').replace(' ', '-')}.md"
-    clock = ["--cpu-time"] if a.cpu_time else []
+    suffix = "-noamx" if a.no_amx else ""
+    output = a.output or REPO / "tools" / f"perf_report-{cpu.removeprefix('-mcpu=').replace(' ', '-')}{suffix}.md"
+    clock = (["--cpu-time"] if a.cpu_time else []) + (["--no-amx"] if a.no_amx else [])
     tune = ["--tune", "--trials", str(a.tune_trials)] if a.tune_trials and "tvm" in a.backends.split(",") else []
     if tune:  # the committed database of tools/tune_ratio.py's run, where this machine has none of its key
         sys.path.insert(0, str(REPO / "tools"))
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
         restore_databases(lambda msg: print(msg, file=sys.stderr))
     out = [f"# Speed ratios (tools/perf_report.py, {a.runs} runs, {a.threads} thread(s), host {os.uname().machine}, "
-           f"{cpu}{', CPU time' if a.cpu_time else ''})", ""]
+           f"{cpu}{', CPU time' if a.cpu_time else ''}{', AMX denied' if a.no_amx else ''})", ""]
     sets = {"demo": (list(DEMO), clock), "full": ([FULL], ["--weights", "random", "--calib", "demo-classification",
                                                             *tune, *clock])}
     unknown = set(a.sets.split(",")) - set(sets)

@@ -180,6 +180,30 @@ def _emulated(bundle, source, variant: Variant, plan: BenchPlan, data: str | Non
 def bench(plan: BenchPlan, log: Callable[[str], None] = lambda m: None,
           on_row: Callable[[dict], None] | None = None) -> dict[str, Any]:
     """Run every variant of the plan; the bench document of docs/architecture.md."""
+    with _runner_amx(plan.no_amx):
+        return _bench(plan, log, on_row)
+
+
+@contextmanager
+def _runner_amx(deny: bool) -> Iterator[None]:
+    """Within, with `deny`: every runner process started here denies AMX to its runtimes (edgecnn.runner.amx)."""
+    import os
+
+    from edgecnn.runner.amx import ENV
+
+    before = os.environ.get(ENV)
+    if deny:
+        os.environ[ENV] = "off"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(ENV, None)
+        else:
+            os.environ[ENV] = before
+
+
+def _bench(plan: BenchPlan, log: Callable[[str], None], on_row: Callable[[dict], None] | None) -> dict[str, Any]:
     from edgecnn import __version__
 
     from edgecnn.bench.emulated import guest_pool

@@ -47,6 +47,7 @@ class BenchPlan:
     save_predictions: str | None = None  # write each variant's predictions (COCO results for detectors) here
     cpu_time: bool = False  # native latency from process CPU time instead of wall time (edgecnn.bench.timing)
     tune: int | None = None  # tvm variants built with MetaSchedule records, this many trials in all (host only)
+    no_amx: bool = False  # native runs: the runner processes deny Intel AMX to their runtimes (edgecnn.runner.amx)
 
 
 def parse_prune(text: str) -> str | None:
@@ -118,7 +119,8 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
               warmup: int = 5, threads: int | None = None, weights: str = "demo",
               ssh_options: tuple[str, ...] = (), remote_python: str = "python3",
               calib: str | None = None, contract: dict | None = None,
-              save_predictions: str | None = None, cpu_time: bool = False, tune: int | None = None) -> BenchPlan:
+              save_predictions: str | None = None, cpu_time: bool = False, tune: int | None = None,
+              no_amx: bool = False) -> BenchPlan:
     """Resolve the command line into the list of variants to run; raises on anything inconsistent.
 
     Everything the arguments alone decide (the --device syntax, the --data path and layout, model
@@ -194,13 +196,20 @@ def make_plan(target: str, *, models: list[str] | None = None, backends: list[st
     if cpu_time and mode is not Mode.NATIVE:
         raise DataError("--cpu-time applies to native runs (here); emulated runs count instructions, and over "
                         "ssh the board's wall time is the figure")
+    if no_amx and mode is not Mode.NATIVE:
+        raise DataError("--no-amx applies to native runs (here, on an x86 CPU with AMX); a board has no AMX")
+    if no_amx:
+        from edgecnn.runner.amx import cpu_has_amx
+
+        if not cpu_has_amx():
+            notes.append("--no-amx: this CPU has no AMX, so nothing was denied; the figures are this CPU's usual ones")
     if mode is Mode.NATIVE:
         from edgecnn.bench.timing import default_threads
 
         threads, why = default_threads(threads)
         notes += [why] if why else []
     return BenchPlan(t, mode, variants, data, device, limit, runs, warmup, threads, weights, notes,
-                     tuple(ssh_options), remote_python, calib, contract, save_predictions, cpu_time, tune)
+                     tuple(ssh_options), remote_python, calib, contract, save_predictions, cpu_time, tune, no_amx)
 
 
 def _check_tune(target: Target, mode: Mode, variants: list[Variant], trials: int) -> None:

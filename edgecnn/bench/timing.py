@@ -78,6 +78,8 @@ def time_side_by_side(rows: list[dict], *, runs: int, warmup: int, threads: int 
         row["timing"] = {"interleaved_with": len(rows) - 1, "rounds": t["rounds"], "runs": t["runs"],
                          "round_p50_ms": t["round_p50_ms"], "round_spread": t["round_spread"], "clock": t["clock"],
                          "load_average": [before, after]}
+        if t.get("amx") is not None:  # an x86 CPU with AMX: whether the runtimes could use it
+            row["timing"]["amx"] = t["amx"]
     return _notes(rows, before, after, cpu_time)
 
 
@@ -88,7 +90,9 @@ def _name(row: dict) -> str:
 def _notes(rows: list[dict], before: float | None, after: float | None, cpu_time: bool) -> list[str]:
     notes = [f"latency: {len(rows)} variant(s) timed side by side in interleaved rounds, "
              + ("process CPU time per invoke (--cpu-time; all threads summed)" if cpu_time else "wall time")
-             + "; fps = 1000 / p50, fps_mean = 1000 / mean"]
+             + "; fps = 1000 / p50, fps_mean = 1000 / mean"
+             + ("; Intel AMX denied to the runtimes (--no-amx)" if any(r["timing"].get("amx") == "off" for r in rows)
+                else "")]
     cores = os.cpu_count() or 1
     loads = [x for x in (before, after) if x is not None]
     if loads and max(loads) > cores:
@@ -108,7 +112,9 @@ def _notes(rows: list[dict], before: float | None, after: float | None, cpu_time
                      + (f"this CPU has 8-bit dot products ({dot}), so the int8 kernels themselves are slow here"
                         if dot else "this CPU has no 8-bit dot-product instructions (AVX-VNNI, AVX512-VNNI, Arm "
                         "dotprod), on which int8 kernels gain most")
-                     + "; int8 speed is a property of the CPU: bench it on the board, or emulated for its counts")
+                     + "; int8 speed is a property of the CPU: bench it on the board, or emulated for its counts"
+                     + ("; XNNPACK ran int8 on this CPU's AMX tiles, slower than its VNNI kernels on small layers: "
+                        "--no-amx times them without" if _amx_on(rows) else ""))
     tails = [f"{_name(r)} (p90 {r['latency_ms']['p90'] / r['latency_ms']['p50']:.1f}x p50)" for r in rows
              if r.get("threads", 1) > 1 and r["latency_ms"]["p50"] > 0
              and r["latency_ms"]["p90"] > TAIL_NOTE * r["latency_ms"]["p50"]]
@@ -116,6 +122,12 @@ def _notes(rows: list[dict], before: float | None, after: float | None, cpu_time
         notes.append(f"long tails at {rows[0].get('threads')} threads: {', '.join(tails)}; thread-pool wake-ups "
                      "dominate small models, try --threads 1")
     return notes
+
+
+def _amx_on(rows: list[dict]) -> bool:
+    """A TFLite int8 row was timed with AMX allowed (the runner reports it on x86 CPUs that have AMX)."""
+    return any(r["precision"] == "int8" and r["backend"] == "tflite" and r.get("timing", {}).get("amx") == "on"
+               for r in rows)
 
 
 def _int8_not_faster(rows: list[dict]) -> list[str]:

@@ -202,6 +202,12 @@ def _onnx_to_tflite(onnx_path: Path, out_dir: Path, input_shape, want: Precision
     except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and OSError alike: the file is not a model
         raise ModelError(f"cannot read {onnx_path} as ONNX: {_first_line(e)}") from None
     bound = _bind_inputs(model, input_shape, onnx_path.name)
+    kept = _kept_conversion(model, bound, want, keep)
+    out = out_dir / (f"{onnx_path.stem}.tflite" if want == Precision.FP32 else f"{onnx_path.stem}.fp16.tflite")
+    if kept is not None and kept.is_file():  # converted and checked before: the same bytes again
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kept, out)
+        return out
     with tempfile.TemporaryDirectory(prefix="edgecnn-onnx2tf-") as tmp:
         work = Path(tmp)
         source, reference = work / "model.onnx", work / "reference.onnx"  # onnx2tf's copy, and the check's
@@ -223,11 +229,37 @@ def _onnx_to_tflite(onnx_path: Path, out_dir: Path, input_shape, want: Precision
         if not made.is_file():
             raise ModelError(f"onnx2tf wrote no {suffix} .tflite for {onnx_path.name}: {_last_error(log.getvalue())}")
         out_dir.mkdir(parents=True, exist_ok=True)
-        out = out_dir / (f"{onnx_path.stem}.tflite" if want == Precision.FP32 else f"{onnx_path.stem}.fp16.tflite")
         shutil.copyfile(made, out)
         with _removed_on_error(out):
             _check_onnx_tflite(reference, out, bound, want.value, onnx_path.name)
+    if kept is not None:
+        from edgecnn.paths import atomic_write_bytes
+
+        atomic_write_bytes(kept, out.read_bytes())
     return out
+
+
+def _kept_conversion(model, bound: Mapping, want: Precision, keep: bool) -> Path | None:
+    """Where onnx2tf's checked result for this graph, input binding and precision is kept (None: not kept).
+
+    A model compiled for several boards, or compiled and quantized, is converted once (a minute or more for
+    a YOLOv8n). Keyed by the serialized graph, the converter stack's versions and this file's code.
+    """
+    import hashlib
+    import json
+
+    from edgecnn.compile.cache import tool_versions
+    from edgecnn.paths import cache_root
+
+    try:
+        graph = hashlib.sha256(model.SerializeToString()).hexdigest()
+    except ValueError:  # over protobuf's 2 GB: not worth keeping a copy of
+        return None
+    parts = {"graph": graph, "inputs": {k: list(v) for k, v in bound.items()}, "precision": want.value,
+             "keep_layout": keep, "tools": tool_versions(["onnx2tf", "tensorflow", "tf-keras", "onnx"]),
+             "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return cache_root() / "exports" / "onnx2tf" / f"{key}.tflite"
 
 
 @contextlib.contextmanager

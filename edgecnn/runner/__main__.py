@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     from edgecnn.errors import DataError, EdgecnnError, one_line
     from edgecnn.logfilter import native_logs
     from edgecnn.paths import Terminated, process_scope
+    from edgecnn.runner.amx import apply_policy
     from edgecnn.runner.run import run_bundle
 
     try:
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             check_output(args.save_predictions, "file", "--save-predictions")  # before the run, not after
         # SIGTERM (a timeout on the board) unwinds like Ctrl-C; LiteRT's delegate banner is dropped from stderr
         with process_scope(sweep=False), native_logs():
+            apply_policy()  # EDGECNN_AMX=off: before any runtime loads (edgecnn.runner.amx)
             result = run_bundle(args.bundle, data=args.data, limit=args.limit, runs=args.runs,
                                 warmup=args.warmup, threads=args.threads)
             if args.save_predictions is not None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgecnn.artifacts import load_bundle
+from edgecnn.runner import amx
 from edgecnn.runner.sessions import open_session
 from edgecnn.runner.stats import fps, latency_stats
 
@@ -82,7 +83,7 @@ def time_interleaved(bundles: list[str | Path], *, runs: int, warmup: int, round
             "round_p50_ms": [round(m, 6) for m in medians],
             "round_spread": round((max(medians) - min(medians)) / middle, 4) if middle > 0 else None,
             "runs": len(flat), "rounds": len(medians), "clock": "cpu" if cpu_time else "wall",
-            "threads": session.threads,
+            "threads": session.threads, "amx": amx.state(),
         })
     return results
 
@@ -101,9 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     from edgecnn.errors import EdgecnnError, one_line
     from edgecnn.logfilter import native_logs
     from edgecnn.paths import Terminated, process_scope
+    from edgecnn.runner.amx import apply_policy
 
     try:
         with process_scope(sweep=False), native_logs():
+            apply_policy()  # EDGECNN_AMX=off: before any runtime loads (edgecnn.runner.amx)
             result = time_interleaved(args.bundles, runs=args.runs, warmup=args.warmup, rounds=args.rounds,
                                       threads=args.threads, image=args.image, cpu_time=args.cpu_time)
     except (EdgecnnError, ValueError) as e:

@@ -111,7 +111,12 @@ def machine() -> dict[str, Any]:
                     break
     except OSError:
         pass
-    return {"arch": platform.machine(), "cpu": cpu or platform.processor() or None, "cores": os.cpu_count()}
+    from edgecnn.runner import amx
+
+    facts = {"arch": platform.machine(), "cpu": cpu or platform.processor() or None, "cores": os.cpu_count()}
+    if amx.state() is not None:  # an x86 CPU with AMX: whether the runtimes here could use it (EDGECNN_AMX)
+        facts["amx"] = amx.state()
+    return facts
 
 
 def run_bundle(bundle: str | Path | Bundle, *, data: str | Path | None = None, limit: int | None = None,

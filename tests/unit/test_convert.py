@@ -174,6 +174,32 @@ def test_onnx_to_tflite_fp16(tmp_path):
 
 
 @pytest.mark.slow
+def test_onnx_to_tflite_converts_one_graph_once(tmp_path, monkeypatch):
+    """A model compiled for a second board (or quantized after compiling) gets the checked conversion back."""
+    import onnx2tf
+
+    from edgecnn.errors import EdgecnnError
+
+    monkeypatch.setenv("EDGECNN_CACHE", str(tmp_path / "cache"))
+    src = _nchw_onnx(tmp_path / "net.onnx")
+    first = convert.onnx_to_tflite(src, tmp_path / "a")
+    kept = list((tmp_path / "cache" / "exports" / "onnx2tf").iterdir())
+    assert len(kept) == 1 and kept[0].read_bytes() == first.read_bytes()
+    calls = []
+
+    def converter_called(**kw):
+        calls.append(kw)
+        raise RuntimeError("not this time")
+
+    monkeypatch.setattr(onnx2tf, "convert", converter_called)
+    again = convert.onnx_to_tflite(tmp_path / "net.onnx", tmp_path / "b")
+    assert not calls and again == tmp_path / "b" / "net.tflite" and again.read_bytes() == first.read_bytes()
+    with pytest.raises(EdgecnnError):  # another input binding is another conversion
+        convert.onnx_to_tflite(_nchw_onnx(tmp_path / "other.onnx", shape=(1, 3, 16, 16)), tmp_path / "c")
+    assert len(calls) == 1
+
+
+@pytest.mark.slow
 def test_onnx_to_tflite_binds_free_dimensions(tmp_path):
     src = _nchw_onnx(tmp_path / "dyn.onnx", shape=("N", 3, "h", "w"))
     with pytest.raises(ModelError, match=r"free dimensions \['h', 'w'\].*input_shape"):
