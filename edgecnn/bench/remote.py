@@ -40,6 +40,7 @@ RUNNER_SOURCES = (
     "__init__.py", "errors.py", "artifacts.py", "kinds.py", "logfilter.py", "paths.py", "targets.py",
     "runner/tensors.py", "runner/__init__.py", "runner/__main__.py", "runner/run.py", "runner/sessions.py",
     "runner/stats.py", "runner/postprocess.py", "runner/heads.py", "runner/metrics.py", "runner/interleave.py",
+    "runner/amx.py",
     "data/__init__.py", "data/dataset.py", "data/preprocess.py", "data/formats.py",
 )
 MIN_PYTHON = (3, 10)

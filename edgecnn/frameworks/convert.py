@@ -247,17 +247,20 @@ def _kept_conversion(model, bound: Mapping, want: Precision, keep: bool) -> Path
     """
     import hashlib
     import json
+    from importlib import metadata
 
-    from edgecnn.compile.cache import tool_versions
     from edgecnn.paths import cache_root
 
     try:
         graph = hashlib.sha256(model.SerializeToString()).hexdigest()
     except ValueError:  # over protobuf's 2 GB: not worth keeping a copy of
         return None
+    tools = {}
+    for dist in ("onnx2tf", "tensorflow", "tf-keras", "onnx"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            tools[dist] = metadata.version(dist)
     parts = {"graph": graph, "inputs": {k: list(v) for k, v in bound.items()}, "precision": want.value,
-             "keep_layout": keep, "tools": tool_versions(["onnx2tf", "tensorflow", "tf-keras", "onnx"]),
-             "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
+             "keep_layout": keep, "tools": tools, "code": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}
     key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
     return cache_root() / "exports" / "onnx2tf" / f"{key}.tflite"
 
