@@ -170,7 +170,8 @@ def tuned_build(job, mod, target, target_dict: dict):
     bundle's weights are stored packed and no call repacks them (the manifest's tuning facts count
     both). Measured per kernel on an Ice Lake (full-size MobileNetV2, 1 core, 160 trials each): a
     14x14 pointwise convolution 136.6 -> 117.7 us, and 100 -> 82 us for a depthwise one at 48 trials.
-    Functions the database does not cover keep TVM's default schedule.
+    Functions the database does not cover keep TVM's default schedule. The record applied to each kernel is
+    chosen by compile.select (the best few re-measured with the caches flushed).
     """
     import tvm
     from tvm import relax
@@ -195,8 +196,11 @@ def tuned_build(job, mod, target, target_dict: dict):
     else:
         job.log(f"tvm: database already holds {before} records (>= {job.trials} trials): no new tuning")
     tune_seconds = time.perf_counter() - started
+    from edgecnn.compile.select import selected_database
+
     with target:
-        tuned = relax.transform.MetaScheduleApplyDatabase(str(folder))(lowered)
+        chosen, selection = selected_database(folder, job.log)  # each kernel's record measured cold
+        tuned = relax.transform.MetaScheduleApplyDatabase(str(chosen))(lowered)
     rejected = reject_wrong_schedules(lowered, tuned, target)
     if rejected:
         job.log(f"tvm: {len(rejected)} tuned kernel(s) computed wrong results, kept TVM's default schedule: "
@@ -211,7 +215,7 @@ def tuned_build(job, mod, target, target_dict: dict):
     executable = tvm.compile(tuned, target)
     facts = {"trials": job.trials, "tasks": len(tasks), "records_before": before, "records": record_count(folder),
              "tuning_seconds": round(tune_seconds, 1), "database": str(folder), "rejected_schedules": rejected,
-             "prepacked_kernels": packed, "repacked_per_call": repacked}
+             "prepacked_kernels": packed, "repacked_per_call": repacked, "selection": selection}
     return executable, facts
 
 

@@ -265,6 +265,11 @@ def test_tuning_records_persist_and_resume(tmp_path):
     database = Path(tuning["database"])
     kept = (database / RECORDS).read_text().splitlines()
     assert record_count(database) == 2 and all(json.loads(line) for line in kept)
+    # The applied record is the one of the (up to) 2 that was fastest re-measured with the caches flushed.
+    chosen = tuning["selection"]
+    assert chosen["workloads"] == 1 and 1 <= chosen["remeasured"] <= 2 and chosen["changed"] in (0, 1)
+    (selected,) = database.glob("selected-*")
+    assert record_count(selected) == 1
 
     again = compile_model(model, "host", backend="tvm", tune=True, trials=2, output_dir=tmp_path / "t2")
     assert again.cached  # same model, target and database: the tuned bundle is reused, nothing tuned
@@ -275,6 +280,8 @@ def test_tuning_records_persist_and_resume(tmp_path):
     assert not more.cached and resumed["database"] == tuning["database"]
     assert resumed["records_before"] == 2 and resumed["records"] == 4  # 2 new trials, not 4
     assert (database / RECORDS).read_text().splitlines()[:2] == kept  # appended, the old records untouched
+    (reselected,) = database.glob("selected-*")  # chosen again from the 4 records; the old choice removed
+    assert reselected != selected and resumed["selection"]["remeasured"] >= chosen["remeasured"]
     assert more.bundle.manifest.verification["status"] == "passed"
 
 
