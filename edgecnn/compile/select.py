@@ -21,6 +21,7 @@ import math
 import shutil
 import statistics
 from pathlib import Path
+from typing import Callable
 
 TOP_K = 8  # records re-measured per workload (building and timing one takes about 0.3 s)
 REPEATS = 15  # cold calls per candidate; the median is its figure
@@ -29,17 +30,22 @@ METHOD = "geomean2"  # how candidates are ranked (part of the folder's name: ano
 _FAILED = 1e9  # MetaSchedule records a failed run as 1e10 s
 
 
-def selected_database(folder: Path, log=lambda msg: None) -> tuple[Path, dict]:
-    """(folder of the chosen records' database, {"remeasured", "workloads", "changed"}), made on first use."""
-    from edgecnn.compile.tune import database_state
+def selected_database(folder: Path, state: str, database: tuple[Path, Path], build: Callable,
+                      log: Callable[[str], None] = lambda msg: None) -> tuple[Path, dict]:
+    """(folder of the chosen records' database, {"remeasured", "workloads", "changed", ...}), made on first use.
+
+    `folder`: the tuning folder, `state`: its database's hash (compile.tune.database_state), `database`: its
+    (workload, record) files, `build`: compile.tune.build_candidate. Called with the host's tensor intrinsics
+    registered (compile.tune.host_intrinsics), as a schedule's trace may name them.
+    """
     from edgecnn.paths import atomic_dir
 
-    out = folder / f"selected-{METHOD}-{database_state(folder)}"
+    out = folder / f"selected-{METHOD}-{state}"
     if (out / SUMMARY).is_file():
         return out, json.loads((out / SUMMARY).read_text())
     log(f"tvm: measuring the {TOP_K} best records of each tuned kernel again with the caches flushed")
     with atomic_dir(out) as tmp:
-        summary = _select(folder, tmp)
+        summary = _select(database, tmp, build)
         (tmp / SUMMARY).write_text(json.dumps(summary, sort_keys=True))
     for old in folder.glob("selected-*"):  # a choice made from an earlier state of the database
         if old != out and old.is_dir():
@@ -48,36 +54,34 @@ def selected_database(folder: Path, log=lambda msg: None) -> tuple[Path, dict]:
     return out, summary
 
 
-def _select(folder: Path, out: Path) -> dict:
+def _select(database: tuple[Path, Path], out: Path, build: Callable) -> dict:
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from edgecnn.compile.tune import RECORDS, WORKLOADS, host_intrinsics
-
-    source = ms.database.JSONDatabase(path_workload=str(folder / WORKLOADS),
-                                      path_tuning_record=str(folder / RECORDS), allow_missing=False)
+    workload_file, record_file = database
+    source = ms.database.JSONDatabase(path_workload=str(workload_file), path_tuning_record=str(record_file),
+                                      allow_missing=False)
     chosen = ms.database.JSONDatabase(work_dir=str(out))
     workloads = []
     for record in source.get_all_tuning_records():
         if not any(record.workload.same_as(w) for w in workloads):
             workloads.append(record.workload)
     remeasured = changed = 0
-    with host_intrinsics():
-        for workload in workloads:
-            best = [r for r in source.get_top_k(workload, TOP_K) if r.run_secs and _mean(r) < _FAILED]
-            if not best:
-                continue
-            timed = [(t, r) for r in best if (t := _cold_seconds(workload, r)) is not None]
-            remeasured += len(timed)
-            if not timed:
-                continue
-            # Neither figure is the model's: there the weights are often still in the last-level cache from the
-            # previous inference, and the input is warm. The geometric mean of the two ranks the candidates.
-            seconds, record = min(((math.sqrt(cold * _mean(r)), r) for cold, r in timed), key=lambda pair: pair[0])
-            changed += record is not best[0]
-            target = record.target if record.target is not None else tvm.target.Target.current()
-            chosen.commit_tuning_record(ms.database.TuningRecord(record.trace, chosen.commit_workload(workload.mod),
-                                                                 [seconds], target, record.args_info))
+    for workload in workloads:
+        best = [r for r in source.get_top_k(workload, TOP_K) if r.run_secs and _mean(r) < _FAILED]
+        if not best:
+            continue
+        timed = [(t, r) for r in best if (t := _cold_seconds(workload, r, build)) is not None]
+        remeasured += len(timed)
+        if not timed:
+            continue
+        # Neither figure is the model's: there the weights are often still in the last-level cache from the
+        # previous inference, and the input is warm. The geometric mean of the two ranks the candidates.
+        seconds, record = min(((math.sqrt(cold * _mean(r)), r) for cold, r in timed), key=lambda pair: pair[0])
+        changed += record is not best[0]
+        target = record.target if record.target is not None else tvm.target.Target.current()
+        chosen.commit_tuning_record(ms.database.TuningRecord(record.trace, chosen.commit_workload(workload.mod),
+                                                             [seconds], target, record.args_info))
     return {"remeasured": remeasured, "workloads": len(workloads), "changed": changed, "top_k": TOP_K,
             "measure": "geometric mean of MetaSchedule's figure and the median of cold calls (weights and output "
                        "flushed from the caches)"}
@@ -87,18 +91,16 @@ def _mean(record) -> float:
     return statistics.fmean(float(s) for s in record.run_secs)
 
 
-def _cold_seconds(workload, record) -> float | None:
+def _cold_seconds(workload, record, build: Callable) -> float | None:
     """Median seconds of REPEATS calls of the record's schedule, caches flushed before each; None if it fails."""
     import numpy as np
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from edgecnn.compile.tune import build_candidate
-
     try:
         sch = tvm.s_tir.Schedule(workload.mod)
         record.trace.apply_to_schedule(sch, remove_postproc=False)
-        path = build_candidate(sch.mod, record.target)
+        path = build(sch.mod, record.target)
     except Exception:  # noqa: BLE001 - a record that no longer applies or builds is not chosen
         return None
     try:

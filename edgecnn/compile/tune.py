@@ -198,8 +198,10 @@ def tuned_build(job, mod, target, target_dict: dict):
     tune_seconds = time.perf_counter() - started
     from edgecnn.compile.select import selected_database
 
+    with target, host_intrinsics():  # each kernel's record measured cold
+        chosen, selection = selected_database(folder, database_state(folder), (folder / WORKLOADS, folder / RECORDS),
+                                              build_candidate, job.log)
     with target:
-        chosen, selection = selected_database(folder, job.log)  # each kernel's record measured cold
         tuned = relax.transform.MetaScheduleApplyDatabase(str(chosen))(lowered)
     rejected = reject_wrong_schedules(lowered, tuned, target)
     if rejected:
