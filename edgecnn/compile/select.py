@@ -1,4 +1,5 @@
-"""The last step of `--tune`: each kernel's record chosen by a measurement with its weights and output out of cache.
+"""The last steps of `--tune`: the record each kernel gets (measured with its weights and output out of cache)
+and a check of what the applied kernels compute.
 
 MetaSchedule times a candidate by calling it again and again on the same buffers, so its weights and output
 stay in the CPU's caches between calls. In the model they do not: every kernel reads weights nothing touched
@@ -8,10 +9,12 @@ Xeon (1 thread, full-size MobileNetV2, 4,461 records), the 112x112 16->96 expand
 in 387 us warm and 1,276 us with its weights and output flushed (the third best: 420 / 496 us), and about 1 ms
 inside the model. So the TOP_K best records of each workload by MetaSchedule's figures are measured again with
 TVM's CPU cache flush before every call (all arguments but the first, the input the previous kernel just
-wrote), and the fastest of them is the one the build applies.
+wrote). Neither figure is the model's (there the weights are often still in the last-level cache from the
+previous inference), so the build applies the record with the best geometric mean of the two.
 
-The choice is kept beside the tuning database, in selected-<database state>/ (a MetaSchedule JSON database of
-one record per workload, plus selection.json with what changed), so it is measured once per database.
+The choice is kept beside the tuning database, in selected-<method>-<database state>/ (a MetaSchedule JSON
+database of one record per workload, plus selection.json with what changed), so it is measured once per
+database. reject_wrong_schedules then checks each applied kernel's results against its untuned self.
 """
 
 from __future__ import annotations
@@ -75,8 +78,6 @@ def _select(database: tuple[Path, Path], out: Path, build: Callable) -> dict:
         remeasured += len(timed)
         if not timed:
             continue
-        # Neither figure is the model's: there the weights are often still in the last-level cache from the
-        # previous inference, and the input is warm. The geometric mean of the two ranks the candidates.
         seconds, record = min(((math.sqrt(cold * _mean(r)), r) for cold, r in timed), key=lambda pair: pair[0])
         changed += record is not best[0]
         target = record.target if record.target is not None else tvm.target.Target.current()
@@ -116,3 +117,70 @@ def _cold_seconds(workload, record, build: Callable) -> float | None:
         return None
     finally:
         shutil.rmtree(Path(path).parent, ignore_errors=True)
+
+
+def reject_wrong_schedules(lowered, tuned, target) -> list[str]:
+    """Put back the untuned PrimFunc wherever the tuned one computes something else; the names put back.
+
+    MetaSchedule measures speed, not results, and 0.27 can pick a schedule that skips part of the
+    output: for MobileNetV2's conv+relu6+pad kernels the best record left the padded border
+    unwritten (garbage in the bundle, cosine 0.9996). Each tuned kernel runs once against its
+    default-schedule self on the same random inputs, outputs pre-filled with NaN.
+    """
+    import numpy as np
+    import tvm
+    import tvm_ffi
+    from tvm import relax
+
+    calls = _call_tir_shapes(lowered)
+    rng = np.random.default_rng(0)
+    rejected = []
+    for gv, func in lowered.functions.items():
+        name = gv.name_hint
+        if isinstance(func, relax.Function) or name not in calls:
+            continue
+        new = tuned[name]
+        if tvm_ffi.structural_equal(func, new):
+            continue
+        ins, outs = calls[name]
+        inputs = [rng.standard_normal(shape).astype(dtype) for shape, dtype in ins]
+        results = []
+        for f in (func, new):
+            lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target)
+            args = [tvm.runtime.tensor(a) for a in inputs]
+            args += [tvm.runtime.tensor(np.full(shape, np.nan, dtype)) for shape, dtype in outs]
+            lib["main"](*args)
+            results.append([a.numpy() for a in args[len(inputs):]])
+        if not all(np.allclose(a, b, rtol=1e-4, atol=1e-4, equal_nan=True) and not np.isnan(b).any()
+                   for a, b in zip(*results)):
+            tuned.update_func(tuned.get_global_var(name), func)
+            rejected.append(name)
+    return rejected
+
+
+def _call_tir_shapes(mod) -> dict:
+    """PrimFunc name -> ([(shape, dtype) of inputs], [(shape, dtype) of outputs]) from the Relax call_tir sites."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    found: dict = {}
+
+    def spec(sinfo):
+        if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+            return None
+        return [int(d) for d in sinfo.shape.values], str(sinfo.dtype)
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir) and len(expr.args) == 2:
+            out = expr.ty  # 0.27's name for struct_info
+            outs = list(out.fields) if isinstance(out, relax.TupleType) else [out]
+            ins = [spec(a.ty) for a in expr.args[1].fields]
+            outs = [spec(o) for o in outs]
+            if all(s is not None for s in ins + outs):
+                found[expr.args[0].name_hint] = (ins, outs)
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func.body, visit)
+    return found

@@ -196,7 +196,7 @@ def tuned_build(job, mod, target, target_dict: dict):
     else:
         job.log(f"tvm: database already holds {before} records (>= {job.trials} trials): no new tuning")
     tune_seconds = time.perf_counter() - started
-    from edgecnn.compile.select import selected_database
+    from edgecnn.compile.select import reject_wrong_schedules, selected_database
 
     with target, host_intrinsics():  # each kernel's record measured cold
         chosen, selection = selected_database(folder, database_state(folder), (folder / WORKLOADS, folder / RECORDS),
@@ -386,70 +386,3 @@ def _warm_xgb_class():
             super()._train(xs, ys)
 
     return _WarmXGBModel
-
-
-def reject_wrong_schedules(lowered, tuned, target) -> list[str]:
-    """Put back the untuned PrimFunc wherever the tuned one computes something else; the names put back.
-
-    MetaSchedule measures speed, not results, and 0.27 can pick a schedule that skips part of the
-    output: for MobileNetV2's conv+relu6+pad kernels the best record left the padded border
-    unwritten (garbage in the bundle, cosine 0.9996). Each tuned kernel runs once against its
-    default-schedule self on the same random inputs, outputs pre-filled with NaN.
-    """
-    import numpy as np
-    import tvm
-    import tvm_ffi
-    from tvm import relax
-
-    calls = _call_tir_shapes(lowered)
-    rng = np.random.default_rng(0)
-    rejected = []
-    for gv, func in lowered.functions.items():
-        name = gv.name_hint
-        if isinstance(func, relax.Function) or name not in calls:
-            continue
-        new = tuned[name]
-        if tvm_ffi.structural_equal(func, new):
-            continue
-        ins, outs = calls[name]
-        inputs = [rng.standard_normal(shape).astype(dtype) for shape, dtype in ins]
-        results = []
-        for f in (func, new):
-            lib = tvm.compile(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target)
-            args = [tvm.runtime.tensor(a) for a in inputs]
-            args += [tvm.runtime.tensor(np.full(shape, np.nan, dtype)) for shape, dtype in outs]
-            lib["main"](*args)
-            results.append([a.numpy() for a in args[len(inputs):]])
-        if not all(np.allclose(a, b, rtol=1e-4, atol=1e-4, equal_nan=True) and not np.isnan(b).any()
-                   for a, b in zip(*results)):
-            tuned.update_func(tuned.get_global_var(name), func)
-            rejected.append(name)
-    return rejected
-
-
-def _call_tir_shapes(mod) -> dict:
-    """PrimFunc name -> ([(shape, dtype) of inputs], [(shape, dtype) of outputs]) from the Relax call_tir sites."""
-    import tvm
-    from tvm import relax
-
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-    found: dict = {}
-
-    def spec(sinfo):
-        if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
-            return None
-        return [int(d) for d in sinfo.shape.values], str(sinfo.dtype)
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir) and len(expr.args) == 2:
-            out = expr.ty  # 0.27's name for struct_info
-            outs = list(out.fields) if isinstance(out, relax.TupleType) else [out]
-            ins = [spec(a.ty) for a in expr.args[1].fields]
-            outs = [spec(o) for o in outs]
-            if all(s is not None for s in ins + outs):
-                found[expr.args[0].name_hint] = (ins, outs)
-
-    for func in mod.functions.values():
-        if isinstance(func, relax.Function):
-            relax.analysis.post_order_visit(func.body, visit)
-    return found
