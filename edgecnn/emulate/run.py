@@ -8,7 +8,8 @@
 - `-L VIEW` is the target's view of the sysroot (see sysroot.py): the guest's
   loader, libraries and /proc/cpuinfo.
 - `setarch -R` (no ASLR), PYTHONHASHSEED=0 and a fixed environment make the
-  instruction count identical run to run.
+  instruction count repeat run to run: the kernels' exactly; the Python and allocator work around an
+  invoke can move it by a few hundred instructions (seen in whole test suites only).
 - The guest gets a clean environment: qemu-user hands the host environment to
   the guest otherwise, and a host PYTHONPATH or LD_PRELOAD would leak in.
 """

@@ -1,5 +1,6 @@
 """Bundles under qemu through the board runner's own Session: outputs equal the host run, and each
-inference's instruction count is identical run to run and wherever the bundle lives."""
+inference's instruction count repeats run to run and wherever the bundle lives (TFLite: within
+COUNT_SLACK instructions, see there)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,13 @@ from fixtures import bundles as BF
 from fixtures import colors as QF
 
 pytestmark = pytest.mark.emulated
+
+# Through the board runner's Session, Python (Session.invoke, LiteRT's Interpreter.invoke) and the allocator
+# run between the markers beside the kernels, and their share moves with the process's heap: seen once in
+# a whole suite, never alone, on a Zen 3 host, [65625, 65434] then [65509, 65254] for the two images (a
+# 32x32 model, 65,500 instructions; every other run 65525, 65270). 500 is 0.8% of that toy model and a
+# rounding error on a real one (millions); bench's regression gate allows 2%.
+COUNT_SLACK = 500
 
 
 def inputs(n: int = 2) -> list[np.ndarray]:
@@ -39,7 +47,8 @@ def test_outputs_match_the_host_and_counts_repeat(emulator, bundles, tmp_path, n
         # calling thread's count by a few hundred instructions. TFLite and TVM counts are exact.
         assert np.allclose(first.instructions, second.instructions, rtol=0.01, atol=0)
     else:
-        assert first.instructions == second.instructions
+        assert all(abs(a - b) <= COUNT_SLACK for a, b in zip(first.instructions, second.instructions)), \
+            (first.instructions, second.instructions)
     assert first.mean_instructions == round(sum(first.instructions) / len(xs))
     host = open_session(load_bundle(bundles[name]), threads=1)
     for x, got, again in zip(xs, first.outputs, second.outputs):
