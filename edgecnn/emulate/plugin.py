@@ -147,10 +147,14 @@ CLASSES = ("branch", "int", "int_mul", "load", "store", "vec_load", "vec_store",
 
 
 def profile_args(l1: tuple[int, int] | None = None, l2: tuple[int, int] | None = None) -> list[str]:
-    """The plugin arguments of a profile run: classes and memory, with a cache model of (bytes, ways) each."""
+    """The plugin arguments of a profile run: classes and memory, with a cache model of (bytes, ways) each.
+
+    The cache model starts at the guest's warm marker (cache=marker; guest/run_bundle.py sends it before
+    its warm-up invokes), not with the interpreter's start-up: a run that sends none gets an error line.
+    """
     args = ["profile=1"]
     if l1:
-        args.append(f"l1={int(l1[0])}:{int(l1[1])}")
+        args += [f"l1={int(l1[0])}:{int(l1[1])}", "cache=marker"]
     if l2:
         if not l1:
             raise ValueError("an L2 model needs an L1 model")

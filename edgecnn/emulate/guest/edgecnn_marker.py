@@ -9,7 +9,7 @@ import ctypes
 
 MARKER_NR = 0x7EC0
 MARKER_MAGIC = 0x0EDC00C0DE000001
-START, STOP = 1, 2
+START, STOP, WARM = 1, 2, 3
 
 _syscall = ctypes.CDLL(None, use_errno=True).syscall
 _syscall.restype = ctypes.c_long
@@ -24,3 +24,8 @@ def start() -> None:
 def stop() -> None:
     """End the region; the plugin writes its count."""
     _syscall(MARKER_NR, MARKER_MAGIC, STOP)
+
+
+def warm() -> None:
+    """Switch the plugin's cache model on (with cache=marker it skips start-up): send before warm-up."""
+    _syscall(MARKER_NR, MARKER_MAGIC, WARM)
