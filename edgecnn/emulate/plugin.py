@@ -149,12 +149,12 @@ CLASSES = ("branch", "int", "int_mul", "load", "store", "vec_load", "vec_store",
 def profile_args(l1: tuple[int, int] | None = None, l2: tuple[int, int] | None = None) -> list[str]:
     """The plugin arguments of a profile run: classes and memory, with a cache model of (bytes, ways) each.
 
-    The cache model starts at the guest's warm marker (cache=marker; guest/run_bundle.py sends it before
-    its warm-up invokes), not with the interpreter's start-up: a run that sends none gets an error line.
+    Instrumentation starts at the guest's warm marker (start=warm; guest/run_bundle.py sends it before its
+    warm-up invokes), not with the interpreter's start-up: a run that sends none gets an error line.
     """
-    args = ["profile=1"]
+    args = ["profile=1", "start=warm"]
     if l1:
-        args += [f"l1={int(l1[0])}:{int(l1[1])}", "cache=marker"]
+        args.append(f"l1={int(l1[0])}:{int(l1[1])}")
     if l2:
         if not l1:
             raise ValueError("an L2 model needs an L1 model")

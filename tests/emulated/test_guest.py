@@ -55,6 +55,28 @@ def test_marked_regions_are_counted_deterministically(emulator, tmp_path):
     assert first.instructions == second.instructions
 
 
+def test_profile_runs_instrument_from_the_warm_marker(emulator, tmp_path):
+    """start=warm: nothing is instrumented before marker 3, then qemu's translations are dropped and every
+    callback comes back; the regions count what a fully instrumented run counts, and the exit line is written."""
+    from edgecnn.emulate.plugin import profile_args
+    from edgecnn.targets import get_target
+
+    cache = get_target("a72").cache
+    script = tmp_path / "warm.py"
+    script.write_text("import edgecnn_marker as m\n"
+                      "sum(range(50000))\n"
+                      "m.warm()\n"
+                      "m.start(); sum(range(20000)); m.stop()\n")
+    plain = run_python("a72", script, count=True)
+    lazy = run_python("a72", script, count=True, plugin_args=profile_args(cache.l1, cache.l2))
+    assert lazy.instructions == plain.instructions and lazy.counts.finished
+    (stats,) = lazy.counts.threads[0].values()
+    assert stats["insn"] == plain.instructions[0] and stats["loads"] > 0 and stats["l1_miss"] > 0
+    script.write_text("import edgecnn_marker as m\nm.start(); m.stop()\n")  # no warm marker
+    with pytest.raises(ToolError, match="markers misused in warm.py: start before instrumentation began"):
+        run_python("a72", script, count=True, plugin_args=profile_args(cache.l1, cache.l2))
+
+
 def test_marker_misuse_and_failures_are_one_line(emulator, tmp_path):
     script = tmp_path / "bad.py"
     script.write_text("import edgecnn_marker as m\nm.stop()\n")

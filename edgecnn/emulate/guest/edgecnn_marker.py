@@ -27,5 +27,5 @@ def stop() -> None:
 
 
 def warm() -> None:
-    """Switch the plugin's cache model on (with cache=marker it skips start-up): send before warm-up."""
+    """Start instrumenting (a profile run with start=warm skips the start-up until this): send before warm-up."""
     _syscall(MARKER_NR, MARKER_MAGIC, WARM)

@@ -37,7 +37,7 @@ def main(argv):
         session = open_session(load_bundle(bundle), threads=int(os.environ.get("EDGECNN_THREADS", "1")))
         arrays = [np.load(p, allow_pickle=False) for p in inputs]
         session.feed(arrays[0])
-        edgecnn_marker.warm()  # the cache model (cache=marker) starts with the warm-up, not at start-up
+        edgecnn_marker.warm()  # profile runs (start=warm) are instrumented from here, not from start-up
         for _ in range(warmup):
             session.invoke()
         for i, x in enumerate(arrays):
