@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from functools import lru_cache
 from pathlib import Path
 
@@ -61,6 +61,8 @@ HOST_INTRINSICS = {"x86_64": ("x86",), "amd64": ("x86",)}
 # Tuned kernels may store their weights in a layout of their own, transformed once at build time (see
 # tuned_build). Part of the database key: the tasks of a prepacked build are other workloads.
 WEIGHT_LAYOUT = "prepacked"
+# What a tuned build of a Keras source imports (compile.tvm.import_module): its fp32 TFLite export, NHWC.
+TUNED_KERAS_GRAPH = "tflite-nhwc"
 
 
 def check_tunable(target) -> None:
@@ -128,6 +130,8 @@ def kernels_key(source) -> str:
     Weights are the kernels' arguments, so records fit every set of them; and `weights="random"` gives
     another source hash on every load, which would start a fresh database each time (no resume).
     Records only ever apply to structurally equal kernels, so a key shared too widely costs nothing.
+    A Keras model is tuned as the graph TVM imports from its fp32 TFLite export (TUNED_KERAS_GRAPH, see
+    compile.tvm.import_module), whose kernels are other workloads than those of its NCHW ONNX export.
     Model files are keyed by their own hash.
     """
     if source.kind != "keras" or source.keras_model is None:
@@ -135,7 +139,7 @@ def kernels_key(source) -> str:
     from edgecnn.source import architecture
 
     basis = {"architecture": architecture(source.keras_model), "shape": list(source.static_shape),
-             "layout": source.layout}
+             "layout": source.layout, "graph": TUNED_KERAS_GRAPH}
     return hashlib.sha256(json.dumps(basis, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -258,20 +262,48 @@ def tune_tasks(tasks: list, folder: Path, trials: int, seed: int = TUNING_SEED, 
     low, high = POPULATION_RANGE
     population = max(low, min(high, POPULATION_PER_TRIAL * per_iter))
     strategy = ms.search_strategy.EvolutionarySearch(population_size=population)
-    with host_intrinsics():
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            tasks, work_dir=str(folder), strategy=strategy, seed=seed)
     cores = os.cpu_count() or 1
-    builder = pooled_builder(workers or cores)
-    runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
-    cost_model = _warm_xgb_class()(num_tuning_cores=cores, tree_method="auto")
+    with _meta_schedule_console():  # from the first MetaSchedule call that sets up its loggers
+        with host_intrinsics():
+            contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                tasks, work_dir=str(folder), strategy=strategy, seed=seed)
+        builder = pooled_builder(workers or cores)
+        runner = ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S)
+        cost_model = _warm_xgb_class()(num_tuning_cores=cores, tree_method="auto")
+        try:
+            ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(folder), max_trials_global=trials,
+                          max_trials_per_task=trials, num_trials_per_iter=per_iter, builder=builder,
+                          runner=runner, cost_model=cost_model)
+        finally:
+            builder.close()
+            runner.pool.shutdown()
+
+
+@contextmanager
+def _meta_schedule_console():
+    """Within: MetaSchedule's console log goes to stderr under --verbose, else nowhere.
+
+    MetaSchedule (0.27) configures a console handler on sys.stdout each time it tunes: its task table after
+    every batch, 733 lines for YOLO-Lite at 20 trials, which ended up before the JSON of `bench --format json`
+    and broke it. The handler takes whatever sys.stdout is when it is configured, so stdout is swapped for
+    the call; the handler is removed afterwards. `<database>/logs/` keeps the same lines (MetaSchedule's
+    file handlers).
+    """
+    import logging
+
+    from edgecnn.logfilter import verbose
+
+    stream = sys.stderr if verbose() else open(os.devnull, "w")
     try:
-        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(folder), max_trials_global=trials,
-                      max_trials_per_task=trials, num_trials_per_iter=per_iter, builder=builder, runner=runner,
-                      cost_model=cost_model)
+        with redirect_stdout(stream):
+            yield
     finally:
-        builder.close()
-        runner.pool.shutdown()
+        logger = logging.getLogger("tvm.s_tir.meta_schedule")
+        for handler in list(logger.handlers):
+            if (handler.get_name() or "").endswith(".console"):
+                logger.removeHandler(handler)
+        if stream is not sys.stderr:
+            stream.close()
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """TVM backend (apache-tvm 0.27, Relax): a shared library for the target, run by TVM's Relax VM.
 
     Keras --tf2onnx--> ONNX --bind, onnxslim--> ONNX --relax.frontend.onnx--> IRModule --tvm.compile--> model.so
+    Keras (--tune) --TFLite converter--> fp32 .tflite --relax.frontend.tflite--> IRModule (NHWC) --> tuned model.so
 
 The module takes one NHWC float32 image (batch 1) and its weights are bound as
 constants, so the runner calls `vm["main"](x)` and nothing else. Targets are
@@ -100,10 +101,29 @@ def tools(job: Job) -> dict[str, str]:
 
 
 def import_module(job: Job, work: Path):
-    """The source as a Relax IRModule with static batch-1 input and bound weights; (mod, output names)."""
+    """The source as a Relax IRModule with static batch-1 input and bound weights; (mod, output names, graph).
+
+    `graph` names what was imported. A tuned build of a Keras model imports its fp32 TFLite export
+    (NHWC activations, HWIO/HWOI weights) instead of the NCHW tf2onnx export: MetaSchedule's x86 schedules
+    vectorise along the innermost axis, which is the channels in NHWC and the row in NCHW, and MobileNetV2's
+    7x7 and 14x14 layers have short rows. Single kernels of full-size MobileNetV2 tuned alike (64 trials,
+    1 core, Sapphire Rapids-class Xeon; tools/nhwc_kernels.py): 1x1 320->1280 at 7x7 517 -> 305 us,
+    960->320 at 7x7 293 -> 214 us, 16->96 at 112x112 862 -> 628 us, the stride-2 depthwise 96 at 112x112
+    347 -> 307 us. The frontend also folds TFLite's SAME padding into each convolution (no explicit Pad).
+    Untuned builds keep the ONNX route (TVM's default schedules, and the emulated baselines, are NCHW's).
+    """
     src = job.source
     if src.kind == "tflite":
-        return _from_tflite(src)
+        return (*_from_tflite(src.path.read_bytes(), src), "tflite-nhwc")
+    if src.kind == "keras" and job.tune:
+        from edgecnn.compile.tune import TUNED_KERAS_GRAPH
+        from edgecnn.frameworks.tf import tflite_float
+
+        job.log(f"tvm: importing the fp32 TFLite export of {src.name} into Relax (NHWC, for tuning)")
+        try:
+            return (*_from_tflite(tflite_float(src), src), TUNED_KERAS_GRAPH)
+        except ModelError as e:
+            job.log(f"tvm: {e}; importing the ONNX export (NCHW) instead")
     import onnx
 
     if src.kind == "keras":
@@ -134,14 +154,13 @@ def import_module(job: Job, work: Path):
     job.log("tvm: importing the ONNX graph into Relax")
     shape = {inputs[0].name: src.static_shape}
     mod = _imported(lambda: from_onnx(model, shape_dict=shape), src.name, "ONNX")
-    return mod, [o.name for o in model.graph.output]
+    return mod, [o.name for o in model.graph.output], "onnx-nchw"
 
 
-def _from_tflite(src):
+def _from_tflite(data: bytes, src):
     import tflite
     from tvm.relax.frontend.tflite import from_tflite
 
-    data = src.path.read_bytes()
     model = tflite.Model.GetRootAsModel(data, 0)
     graph = model.Subgraphs(0)
     name = graph.Tensors(graph.Inputs(0)).Name().decode()
@@ -176,9 +195,9 @@ def build(job: Job, out: Path, work: Path) -> Built:
     """Compile and link model.so into `out` for the job's target (tuned when job.tune)."""
     import tvm
 
-    mod, output_names = import_module(job, work)
+    mod, output_names, graph = import_module(job, work)
     target = tvm.target.Target(tvm_target_dict(job.target))
-    info: dict = {"tvm_target": tvm_target_dict(job.target)}
+    info: dict = {"tvm_target": tvm_target_dict(job.target), "graph": graph}
     kernels = None
     job.log(f"tvm: building for {job.target.name} ({target.kind.name})")
     try:

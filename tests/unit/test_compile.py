@@ -285,6 +285,53 @@ def test_tuning_records_persist_and_resume(tmp_path):
     assert more.bundle.manifest.verification["status"] == "passed"
 
 
+def test_a_tuned_keras_build_imports_the_nhwc_tflite_graph(files, tmp_path):
+    # MetaSchedule's x86 schedules vectorise the innermost axis: channels in NHWC, short rows in NCHW
+    # (tools/nhwc_kernels.py). Untuned builds keep the ONNX route; the tuning key says which graph it tunes.
+    from tvm import relax
+
+    from edgecnn.compile.job import Job
+    from edgecnn.compile.tvm import import_module
+    from edgecnn.source import load_source
+    from edgecnn.targets import get_target
+
+    source = load_source(files["model"])
+    layouts = {}
+    for tune in (True, False):
+        mod, names, graph = import_module(Job(source, get_target("host"), "tvm", "fp32", tune=tune), tmp_path)
+        convs = []
+        relax.analysis.post_order_visit(mod["main"].body, lambda e: convs.append(e.attrs.data_layout) if (
+            isinstance(e, relax.Call) and getattr(e.op, "name", "") == "relax.nn.conv2d") else None)
+        layouts[graph] = set(convs)
+        assert len(names) == 1
+    assert layouts == {"tflite-nhwc": {"NHWC"}, "onnx-nchw": {"NCHW"}}
+
+
+def test_meta_schedule_console_log_stays_off_stdout(tmp_path):
+    # MetaSchedule points a console handler at sys.stdout whenever it sets up a tuning run; its tables
+    # once came before `bench --format json`'s JSON and broke it. (Checked on the handlers: a capture
+    # fixture's own sys.stderr would be closed by the dictConfig that MetaSchedule runs.)
+    import logging
+    import sys
+
+    from tvm.s_tir.meta_schedule.logging import get_loggers_from_work_dir
+
+    from edgecnn.compile.tune import _meta_schedule_console
+
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+
+    def consoles():
+        return [h for h in logger.handlers if (h.get_name() or "").endswith(".console")]
+
+    stdout = sys.stdout
+    with _meta_schedule_console():
+        get_loggers_from_work_dir(str(tmp_path), ["task"])
+        assert consoles() and all(h.stream not in (stdout, sys.__stdout__) for h in consoles())
+        logger.info("a task table line")
+    assert consoles() == []
+    assert "a task table line" in (tmp_path / "logs" / "tvm.s_tir.meta_schedule.logging.task_scheduler.log").read_text()
+
+
 def _build_in_child(owner: int, result) -> None:
     import tvm
     from tvm import te
