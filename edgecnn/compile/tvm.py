@@ -106,10 +106,11 @@ def import_module(job: Job, work: Path):
     `graph` names what was imported. A tuned build of a Keras model imports its fp32 TFLite export
     (NHWC activations, HWIO/HWOI weights) instead of the NCHW tf2onnx export: MetaSchedule's x86 schedules
     vectorise along the innermost axis, which is the channels in NHWC and the row in NCHW, and MobileNetV2's
-    7x7 and 14x14 layers have short rows. Single kernels of full-size MobileNetV2 tuned alike (64 trials,
-    1 core, Sapphire Rapids-class Xeon; tools/nhwc_kernels.py): 1x1 320->1280 at 7x7 517 -> 305 us,
-    960->320 at 7x7 293 -> 214 us, 16->96 at 112x112 862 -> 628 us, the stride-2 depthwise 96 at 112x112
-    347 -> 307 us. The frontend also folds TFLite's SAME padding into each convolution (no explicit Pad).
+    7x7 and 14x14 layers have short rows. Single kernels of full-size MobileNetV2 tuned alike (64 trials each,
+    Sapphire Rapids-class Xeon; `tools/nhwc_kernels.py`, two runs): NHWC/NCHW 0.42-0.59 for 1x1
+    convolutions at 7x7, 0.69-0.88 for the stride-2 depthwise 96 at 112x112, 0.73-0.98 for 1x1 16->96 at
+    112x112; NHWC never slower. Whole model there, 3,013 records: tuned TVM / TFLite 1.04 (NCHW: 1.46 at 4,461).
+    The frontend also folds TFLite's SAME padding into each convolution (no explicit Pad).
     Untuned builds keep the ONNX route (TVM's default schedules, and the emulated baselines, are NCHW's).
     """
     src = job.source
