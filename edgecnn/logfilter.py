@@ -41,11 +41,13 @@ NOISE_PATTERNS = (
     r"To enable the following instructions: .* rebuild TensorFlow",  # cpu_feature_guard's second line
     r"INFO: ",  # LiteRT's info level: "Created TensorFlow Lite XNNPACK delegate for CPU." and the like
     r"fully_quantize: \d+, inference_type: \d+, input_inference_type: ",  # the TFLite quantizer's settings
-    # TVM MetaSchedule's C++ warnings: a schedule rule it has no CPU version of (pooling; two lines), and the
-    # database it opens for each tuned build
+    # TVM's C++ warnings: a schedule rule MetaSchedule has no CPU version of (pooling; two lines), the database
+    # it opens for each tuned build, and a frontend's builder left behind by an import that failed (the
+    # failure itself is reported: compile.tvm falls back to the ONNX graph or stops with an Error line)
     r"\[\d\d:\d\d:\d\d\] \S+/apply_custom_rule\.cc:\d+: Warning: Unknown schedule rule ",
     r"  s_tir\.meta_schedule\.cpu\.",
     r"\[\d\d:\d\d:\d\d\] \S+/relax/transform/meta_schedule\.cc:\d+: Warning: Creating JSONDatabase",
+    r"\[\d\d:\d\d:\d\d\] \S+/relax/ir/block_builder\.cc:\d+: Warning: BlockBuilder destroyed with remaining blocks",
 )
 NOISE = re.compile("|".join(f"(?:{p})" for p in NOISE_PATTERNS).encode())
 LOG_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3"}  # what a log level can silence is silenced at the source

@@ -118,11 +118,18 @@ def import_module(job: Job, work: Path):
         return (*_from_tflite(src.path.read_bytes(), src), "tflite-nhwc")
     if src.kind == "keras" and job.tune:
         from edgecnn.compile.tune import TUNED_KERAS_GRAPH
-        from edgecnn.frameworks.tf import tflite_float
+        from edgecnn.frameworks.tf import tflite_float_batch1
 
-        job.log(f"tvm: importing the fp32 TFLite export of {src.name} into Relax (NHWC, for tuning)")
+        job.log(f"tvm: importing the batch-1 fp32 TFLite export of {src.name} into Relax (NHWC, for tuning)")
         try:
-            return (*_from_tflite(tflite_float(src), src), TUNED_KERAS_GRAPH)
+            mod, names = _from_tflite(tflite_float_batch1(src), src)
+            # The converter may order a multi-output model's outputs otherwise (an SSD's boxes and scores);
+            # the bundle keeps the Keras model's order, which verification and the decoders read.
+            keras_shapes = [[1, *(int(d) for d in o.shape[1:])] for o in src.keras_model.outputs]
+            if [spec.shape for spec in _output_specs(mod, names)] == keras_shapes:
+                return mod, names, TUNED_KERAS_GRAPH
+            job.log("tvm: the TFLite export orders the outputs otherwise than the Keras model; importing the "
+                    "ONNX export (NCHW) instead")
         except ModelError as e:
             job.log(f"tvm: {e}; importing the ONNX export (NCHW) instead")
     import onnx

@@ -29,6 +29,7 @@ import functools
 import hashlib
 import json
 import shutil
+import tempfile
 from importlib import metadata
 from pathlib import Path
 
@@ -40,6 +41,7 @@ ONNX_OPSET = 17
 SERVE = "serve"  # the endpoint (and tag) the TFLite converter exports and reads
 SIGNATURE = "serving_default"
 SAVED_MODEL, FLOAT_TFLITE, FLOAT_ONNX = "saved_model", "float.tflite", "float.onnx"
+FLOAT_TFLITE_BATCH1 = "float-batch1.tflite"
 _EXPORT_TOOLS = ("tensorflow", "tensorflow-cpu", "keras", "tf2onnx", "onnx")
 
 
@@ -82,13 +84,14 @@ def saved_model(source) -> Path:
     return final
 
 
-def _export_saved_model(keras_model, path: Path) -> None:
+def _export_saved_model(keras_model, path: Path, batch: int | None = None) -> None:
+    """The inference endpoint as a SavedModel at `path`; `batch` fixes the batch dimension (None: free)."""
     import keras
     import tensorflow as tf
 
     archive = keras.export.ExportArchive()
     archive.track(keras_model)
-    spec = [tf.TensorSpec(x.shape, dtype=x.dtype, name=x.name) for x in keras_model.inputs]
+    spec = [tf.TensorSpec([batch, *x.shape[1:]], dtype=x.dtype, name=x.name) for x in keras_model.inputs]
     archive.add_endpoint(SERVE, functools.partial(keras_model.__call__, training=False), spec)
     try:
         with quiet():
@@ -133,6 +136,33 @@ def tflite_float(model) -> bytes:
         return kept.read_bytes()
     data = convert(tflite_converter(model), "float export")
     atomic_write_bytes(kept, data)
+    return data
+
+
+def tflite_float_batch1(model) -> bytes:
+    """The fp32 flatbuffer of a SavedModel exported at batch 1 (a source's made once, then read back).
+
+    With the batch left free, the converter computes each Reshape's target at run time (Shape ->
+    StridedSlice -> Pack), which TVM's Relax TFLite frontend cannot import (0.27: a ShapeExpr of a Call):
+    a SE block (MobileNetV3), a channel shuffle (ShuffleNetV2) or an SSD head's flatten. At batch 1
+    every shape is static and the converter folds those chains into constants. compile.tvm imports
+    this for tuned builds.
+    """
+    import tensorflow as tf
+
+    from edgecnn.paths import atomic_write_bytes
+
+    folder = exports_folder(model) if _kept(model) else None
+    kept = folder / FLOAT_TFLITE_BATCH1 if folder is not None else None
+    if kept is not None and kept.is_file():
+        return kept.read_bytes()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / SAVED_MODEL
+        _export_saved_model(_keras(model), path, batch=1)
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=[SIGNATURE], tags={SERVE})
+        data = convert(converter, "batch-1 float export")
+    if kept is not None:
+        atomic_write_bytes(kept, data)
     return data
 
 
