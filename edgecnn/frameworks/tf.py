@@ -124,19 +124,24 @@ def convert(converter, what: str) -> bytes:
         raise ModelError(f"TFLite converter failed ({what}): {first}") from e
 
 
-def tflite_float(model) -> bytes:
-    """The fp32 TFLite flatbuffer (a source's converted once, then read back): the reference quantized models
-    are judged against."""
+def _kept_bytes(model, name: str, make) -> bytes:
+    """`make()`'s bytes, kept as exports_folder(model)/name for a Keras source (made once, then read back)."""
     from edgecnn.paths import atomic_write_bytes
 
     if not _kept(model):
-        return convert(tflite_converter(model), "float export")
-    kept = exports_folder(model) / FLOAT_TFLITE
+        return make()
+    kept = exports_folder(model) / name
     if kept.is_file():
         return kept.read_bytes()
-    data = convert(tflite_converter(model), "float export")
+    data = make()
     atomic_write_bytes(kept, data)
     return data
+
+
+def tflite_float(model) -> bytes:
+    """The fp32 TFLite flatbuffer (a source's converted once, then read back): the reference quantized models
+    are judged against."""
+    return _kept_bytes(model, FLOAT_TFLITE, lambda: convert(tflite_converter(model), "float export"))
 
 
 def tflite_float_batch1(model) -> bytes:
@@ -148,22 +153,17 @@ def tflite_float_batch1(model) -> bytes:
     every shape is static and the converter folds those chains into constants. compile.tvm imports
     this for tuned builds.
     """
-    import tensorflow as tf
+    def make() -> bytes:
+        import tensorflow as tf
 
-    from edgecnn.paths import atomic_write_bytes
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / SAVED_MODEL
+            _export_saved_model(_keras(model), path, batch=1)
+            converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=[SIGNATURE],
+                                                                 tags={SERVE})
+            return convert(converter, "batch-1 float export")
 
-    folder = exports_folder(model) if _kept(model) else None
-    kept = folder / FLOAT_TFLITE_BATCH1 if folder is not None else None
-    if kept is not None and kept.is_file():
-        return kept.read_bytes()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / SAVED_MODEL
-        _export_saved_model(_keras(model), path, batch=1)
-        converter = tf.lite.TFLiteConverter.from_saved_model(str(path), signature_keys=[SIGNATURE], tags={SERVE})
-        data = convert(converter, "batch-1 float export")
-    if kept is not None:
-        atomic_write_bytes(kept, data)
-    return data
+    return _kept_bytes(model, FLOAT_TFLITE_BATCH1, make)
 
 
 def tflite_fp16(model) -> bytes:
